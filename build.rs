@@ -1,0 +1,35 @@
+//! Compiles the `mailconnect.v1` contracts with protox (pure Rust, so no `protoc` is needed anywhere)
+//! and emits the file descriptor set that gRPC reflection serves.
+
+use std::path::{Path, PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new("proto");
+    let mut files = Vec::new();
+    collect_protos(root, &mut files)?;
+    files.sort();
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(&files, [root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("mailconnect_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

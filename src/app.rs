@@ -1,0 +1,221 @@
+//! Builds the whole application, so that `main` and the tests start it the same way:
+//! `Application::build(settings) → local_addr() → run_until_stopped(shutdown)`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::grpc::auth::AuthInterceptor;
+use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
+use crate::grpc::unimplemented::UnimplementedLayer;
+use crate::grpc::{DirectoryApi, proto};
+use crate::service::directory::DirectoryService;
+use crate::storage::Database;
+use crate::tokens::TokenKeys;
+
+/// Services of the contract that later work implements; their methods answer UNIMPLEMENTED.
+const PENDING_SERVICES: &[&str] = &[
+    "mailconnect.v1.DomainSettingsService",
+    "mailconnect.v1.InboxConnectionService",
+    "mailconnect.v1.AllowlistService",
+];
+
+/// Services whose health follows the database.
+const SERVED_SERVICES: &[&str] = &[
+    "",
+    <DirectoryServiceServer<DirectoryApi<Database>> as NamedService>::NAME,
+];
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    database: Database,
+    keys: Arc<TokenKeys>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Checks the configuration, opens the pool (lazily) and binds the listener. Nothing is created
+    /// on disk when the configuration is wrong.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let url = settings.database.url(&settings.keys.data_dir)?;
+        settings.default_data_center()?;
+        let keys = Arc::new(settings.keys.token_keys()?);
+        let database = Database::new(url, settings.database.db_max_connections)?;
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            database,
+            keys,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting, lets
+    /// in-flight calls finish for at most the grace period, and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
+            reporter
+                .set_service_status(*service, ServingStatus::NotServing)
+                .await;
+        }
+        let (stopping_tx, stopping) = watch::channel(false);
+        tokio::spawn(track_readiness(
+            self.database.clone(),
+            self.settings.migrate_on_start,
+            reporter.clone(),
+            stopping.clone(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let auth = AuthInterceptor::new(self.keys.clone());
+        let default_data_center = self.settings.default_data_center()?;
+        let directory = DirectoryApi::new(Arc::new(DirectoryService::new(
+            self.database.clone(),
+            default_data_center,
+        )));
+
+        let grace = self.settings.shutdown_grace;
+        let drain_reporter = reporter.clone();
+        let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            let _ = stopping_tx.send(true);
+            for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
+                drain_reporter
+                    .set_service_status(*service, ServingStatus::NotServing)
+                    .await;
+            }
+            let _ = drain_started_tx.send(());
+        };
+
+        let server = Server::builder()
+            .layer(UnimplementedLayer::new(PENDING_SERVICES))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(DirectoryServiceServer::with_interceptor(directory, auth))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("gRPC server failed")?,
+            () = async {
+                if drain_started.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::warn!(?grace, "grace period over, dropping remaining connections"),
+        }
+        Ok(())
+    }
+}
+
+/// Reports SERVING once the database answers and is migrated, and follows it afterwards.
+async fn track_readiness(
+    database: Database,
+    migrate: bool,
+    reporter: HealthReporter,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut ready = false;
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let check = async {
+            database.ping().await?;
+            if ready {
+                return Ok(());
+            }
+            if migrate {
+                let applied = database.migrate().await?;
+                if applied > 0 {
+                    tracing::info!(applied, "applied database migrations");
+                }
+            }
+            if database.has_pending_migrations().await? {
+                return Err(crate::storage::StorageError::Migration(
+                    "migrations are pending: run `mailconnect migrate`".to_owned(),
+                ));
+            }
+            Ok(())
+        };
+        match check.await {
+            Ok(()) => {
+                if !ready {
+                    tracing::info!(database = %database.url(), "database ready: SERVING");
+                }
+                ready = true;
+                backoff = Duration::from_secs(5);
+            }
+            Err(error) => {
+                if ready {
+                    tracing::warn!(%error, "database lost: NOT_SERVING");
+                } else {
+                    tracing::warn!(%error, "database not ready yet");
+                }
+                ready = false;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in SERVED_SERVICES {
+            reporter.set_service_status(*service, status).await;
+        }
+        // Shutdown may have reported NOT_SERVING while this loop reported SERVING.
+        if *stopping.borrow() {
+            for service in SERVED_SERVICES {
+                reporter
+                    .set_service_status(*service, ServingStatus::NotServing)
+                    .await;
+            }
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}

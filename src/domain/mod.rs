@@ -1,0 +1,10 @@
+//! The vocabulary of mailconnect: types that can only be built by parsing, and the product's rules.
+//! Nothing here does I/O.
+
+pub mod directory;
+pub mod email;
+pub mod page;
+pub mod principal;
+pub mod violation;
+
+pub use violation::{FieldViolation, Violations};

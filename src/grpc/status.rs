@@ -1,0 +1,83 @@
+//! The one mapping from use-case errors to gRPC statuses. Every status carries
+//! `google.rpc.ErrorInfo` (reason, domain `mailconnect`); invalid input also carries
+//! `google.rpc.BadRequest` with a violation per field.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::service::ServiceError;
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "mailconnect";
+
+/// A status with ErrorInfo.
+pub fn status(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        let message = error.to_string();
+        match error {
+            ServiceError::InvalidArgument(violations) => {
+                let mut details =
+                    ErrorDetails::with_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+                for violation in violations {
+                    details.add_bad_request_violation(violation.field, violation.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ServiceError::NotFound { reason, .. } => {
+                status(Code::NotFound, reason, message, HashMap::new())
+            }
+            ServiceError::PermissionDenied { required, .. } => {
+                let roles: Vec<&str> = required.iter().map(|role| role.as_str()).collect();
+                status(
+                    Code::PermissionDenied,
+                    "MISSING_ROLE",
+                    message,
+                    HashMap::from([("required_roles".to_owned(), roles.join(","))]),
+                )
+            }
+            ServiceError::Unauthenticated { reason, .. } => {
+                status(Code::Unauthenticated, reason, message, HashMap::new())
+            }
+            ServiceError::AlreadyExists {
+                reason, metadata, ..
+            } => status(
+                Code::AlreadyExists,
+                reason,
+                message,
+                metadata.into_iter().collect(),
+            ),
+            ServiceError::FailedPrecondition {
+                reason, metadata, ..
+            } => status(
+                Code::FailedPrecondition,
+                reason,
+                message,
+                metadata.into_iter().collect(),
+            ),
+            ServiceError::Aborted { reason, .. } => {
+                status(Code::Aborted, reason, message, HashMap::new())
+            }
+            ServiceError::Unavailable(_) => {
+                status(Code::Unavailable, "UNAVAILABLE", message, HashMap::new())
+            }
+            ServiceError::Internal(_) => {
+                status(Code::Internal, "INTERNAL", message, HashMap::new())
+            }
+        }
+    }
+}

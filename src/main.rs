@@ -1,0 +1,185 @@
+//! The `mailconnect` command: serve, migrate, mint development tokens.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mailconnect::app::Application;
+use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
+use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::storage::Database;
+
+#[derive(Parser)]
+#[command(name = "mailconnect", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(Box<Settings>),
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        keys: KeySettings,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
+    /// Mint a development token signed with the configured (or development) secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The account the token acts in (required except for --role platform).
+    #[arg(long)]
+    account: Option<i64>,
+    /// The user the token acts as.
+    #[arg(long)]
+    user: Option<i64>,
+    /// Roles to grant; repeat for several. `user` grants none.
+    #[arg(long = "role", value_enum, default_value = "user")]
+    roles: Vec<TokenRole>,
+    /// How long the token is valid, e.g. 1h, 30m, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    keys: KeySettings,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TokenRole {
+    SuperAdmin,
+    AccountAccess,
+    User,
+    Platform,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(settings) => serve(*settings).await,
+            Command::Migrate { keys, database } => migrate(keys, database).await,
+            Command::Token(args) => token(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    mailconnect::telemetry::init(settings.log_format);
+    let dev_hint = settings.keys.uses_dev_secret();
+    let app = Application::build(settings.clone()).await?;
+    let addr = app.local_addr();
+    tracing::info!(%addr, database = %app.database().url(), "mailconnect listening");
+    if dev_hint {
+        print_grpcurl_hint(&settings.keys, addr)?;
+    }
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Prints a ready-to-paste grpcurl session with a fresh super-admin token (development only).
+fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let token = keys.token_keys()?.mint(
+        &Principal {
+            subject: "user:1:1".to_owned(),
+            account_id: Some(1),
+            user_id: Some(1),
+            roles: vec![Role::SuperAdmin],
+        },
+        Duration::from_secs(12 * 3600),
+    )?;
+    println!(
+        "\nmailconnect is listening on {addr} (development secret in {dir}).\n\
+         Try it with grpcurl (a super-admin token of account 1, valid 12 hours):\n\n\
+         export TOKEN='{token}'\n\
+         grpcurl -plaintext {addr} list\n\
+         grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n",
+        dir = keys.data_dir.display(),
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn migrate(keys: KeySettings, database: DatabaseSettings) -> anyhow::Result<()> {
+    mailconnect::telemetry::init(LogFormat::Text);
+    let url = database.url(&keys.data_dir)?;
+    let database = Database::new(url, 1)?;
+    let applied = database.migrate().await?;
+    println!("applied {applied} migration(s) to {}", database.url());
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let roles: Vec<Role> = args
+        .roles
+        .iter()
+        .filter_map(|role| match role {
+            TokenRole::SuperAdmin => Some(Role::SuperAdmin),
+            TokenRole::AccountAccess => Some(Role::AccountAccess),
+            TokenRole::Platform => Some(Role::Platform),
+            TokenRole::User => None,
+        })
+        .collect();
+    let platform = roles.contains(&Role::Platform);
+    anyhow::ensure!(
+        platform || args.account.is_some_and(|id| id > 0),
+        "--account N (a positive id) is required unless --role platform"
+    );
+    anyhow::ensure!(
+        args.user.is_none_or(|id| id > 0),
+        "--user must be a positive id"
+    );
+    let subject = match (args.account, args.user) {
+        (Some(account), Some(user)) => format!("user:{account}:{user}"),
+        (Some(account), None) => format!("account:{account}"),
+        _ => "platform".to_owned(),
+    };
+    let principal = Principal {
+        subject,
+        account_id: args.account,
+        user_id: args.user,
+        roles,
+    };
+    println!("{}", args.keys.token_keys()?.mint(&principal, args.ttl)?);
+    Ok(())
+}

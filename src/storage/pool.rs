@@ -1,0 +1,175 @@
+//! The connection pool: one enum over both backends, pooled by deadpool, queries on its blocking
+//! threads.
+
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
+use deadpool_sync::SyncWrapper;
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, ConnectionError, PgConnection, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::{DatabaseUrl, StorageError};
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Key of the Postgres advisory lock that serialises migrations across replicas.
+const MIGRATION_LOCK_KEY: i64 = 0x6d61_696c_636f_6e6e; // "mailconn"
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// Opens connections of the backend the URL names (MultiConnection's own `establish` would try
+/// every backend in turn and hide the real error).
+struct Manager {
+    url: DatabaseUrl,
+}
+
+fn establish(url: &DatabaseUrl) -> Result<DbConnection, ConnectionError> {
+    match url {
+        DatabaseUrl::Postgres(url) => PgConnection::establish(url).map(DbConnection::Pg),
+        DatabaseUrl::SqliteFile(path) => {
+            let mut conn = SqliteConnection::establish(&path.to_string_lossy())?;
+            conn.batch_execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(DbConnection::Sqlite(conn))
+        }
+        DatabaseUrl::SqliteMemory => {
+            let mut conn = SqliteConnection::establish(":memory:")?;
+            conn.batch_execute("PRAGMA foreign_keys = ON;")
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(DbConnection::Sqlite(conn))
+        }
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = SyncWrapper<DbConnection>;
+    type Error = ConnectionError;
+
+    async fn create(&self) -> Result<Self::Type, Self::Error> {
+        let url = self.url.clone();
+        SyncWrapper::new(Runtime::Tokio1, move || establish(&url)).await
+    }
+
+    async fn recycle(&self, conn: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
+        if conn.is_mutex_poisoned() {
+            return Err(RecycleError::message("connection mutex poisoned"));
+        }
+        conn.interact(|conn| diesel::sql_query("SELECT 1").execute(conn))
+            .await
+            .map_err(|_| RecycleError::message("connection check panicked"))?
+            .map_err(|e| RecycleError::message(format!("connection check failed: {e}")))?;
+        Ok(())
+    }
+}
+
+/// The application's database: a pool plus the knowledge of which backend it is.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool<Manager>,
+    url: DatabaseUrl,
+}
+
+impl Database {
+    /// Creates the pool. Connections are opened lazily, so this succeeds while the database is
+    /// still down; [`Database::ping`] tells whether it is reachable.
+    pub fn new(url: DatabaseUrl, max_connections: usize) -> Result<Self, StorageError> {
+        if let DatabaseUrl::SqliteFile(path) = &url
+            && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Config(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        // An in-memory SQLite database lives and dies with its one connection.
+        let size = if url == DatabaseUrl::SqliteMemory {
+            1
+        } else {
+            max_connections.max(1)
+        };
+        let pool = Pool::builder(Manager { url: url.clone() })
+            .max_size(size)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        Ok(Self { pool, url })
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Runs `work` with a pooled connection on a blocking thread, inside the caller's span.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let span = tracing::Span::current();
+        conn.interact(move |conn| span.in_scope(|| work(conn)))
+            .await
+            .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))?
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.run(|conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies pending migrations; returns how many ran. On Postgres an advisory lock makes
+    /// replicas that start together take turns.
+    pub async fn migrate(&self) -> Result<usize, StorageError> {
+        self.run(|conn| match conn {
+            DbConnection::Pg(conn) => {
+                diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                    .execute(conn)?;
+                let applied = conn
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|done| done.len())
+                    .map_err(|e| StorageError::Migration(e.to_string()));
+                diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                    .execute(conn)?;
+                applied
+            }
+            DbConnection::Sqlite(conn) => conn
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(|done| done.len())
+                .map_err(|e| StorageError::Migration(e.to_string())),
+        })
+        .await
+    }
+
+    /// Whether migrations are still pending (the server is not ready until none are).
+    pub async fn has_pending_migrations(&self) -> Result<bool, StorageError> {
+        self.run(|conn| {
+            match conn {
+                DbConnection::Pg(conn) => conn.has_pending_migration(POSTGRES_MIGRATIONS),
+                DbConnection::Sqlite(conn) => conn.has_pending_migration(SQLITE_MIGRATIONS),
+            }
+            .map_err(|e| StorageError::Migration(e.to_string()))
+        })
+        .await
+    }
+}

@@ -1,0 +1,119 @@
+//! The database URL, parsed by scheme before anything is opened, so that a typo such as
+//! `postgress://…` is an error and never a new empty SQLite file.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::StorageError;
+
+/// Which database to use, chosen by the URL's scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `postgres://…` or `postgresql://…`, passed to libpq as is.
+    Postgres(String),
+    /// `sqlite://PATH` (or `sqlite:PATH`): a file, created with its folder if missing.
+    SqliteFile(PathBuf),
+    /// `sqlite::memory:`: one private in-memory database (one connection).
+    SqliteMemory,
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, StorageError> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        if raw == "sqlite::memory:" {
+            return Ok(Self::SqliteMemory);
+        }
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .filter(|path| !path.is_empty())
+        {
+            return Ok(Self::SqliteFile(PathBuf::from(path)));
+        }
+        let scheme = raw.split_once(':').map_or(raw, |(scheme, _)| scheme);
+        Err(StorageError::Config(format!(
+            "unsupported database URL scheme {scheme:?}: use postgres://USER@HOST:PORT/DB, \
+             postgresql://…, sqlite://PATH or sqlite::memory:"
+        )))
+    }
+
+    /// The embedded default: a SQLite file in the data directory.
+    pub fn default_in(data_dir: &std::path::Path) -> Self {
+        Self::SqliteFile(data_dir.join("mailconnect.sqlite"))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
+/// Never prints a Postgres password.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres(url) => {
+                // postgres://user:password@host/db → postgres://user:***@host/db
+                match (url.find("://"), url.rfind('@')) {
+                    (Some(start), Some(at)) if url[start + 3..at].contains(':') => {
+                        let colon = start + 3 + url[start + 3..at].find(':').unwrap_or(0);
+                        write!(f, "{}:***{}", &url[..colon], &url[at..])
+                    }
+                    _ => f.write_str(url),
+                }
+            }
+            Self::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
+            Self::SqliteMemory => f.write_str("sqlite::memory:"),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes() {
+        assert!(
+            DatabaseUrl::parse("postgres://u@h/db")
+                .unwrap()
+                .is_postgres()
+        );
+        assert!(
+            DatabaseUrl::parse("postgresql://u@h/db")
+                .unwrap()
+                .is_postgres()
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/x.db").unwrap(),
+            DatabaseUrl::SqliteFile("data/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite::memory:").unwrap(),
+            DatabaseUrl::SqliteMemory
+        );
+        for bad in ["postgress://x", "mysql://x", "x.sqlite", "", "sqlite://"] {
+            let err = DatabaseUrl::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("unsupported database URL scheme"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_hides_the_password() {
+        let url = DatabaseUrl::parse("postgres://app:s3cret@db:5432/mail").unwrap();
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/mail");
+        let url = DatabaseUrl::parse("postgres://app@db/mail").unwrap();
+        assert_eq!(url.to_string(), "postgres://app@db/mail");
+    }
+}

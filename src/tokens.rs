@@ -1,0 +1,215 @@
+//! Bearer tokens: JWTs verified with an HS256 secret (development) or RS256/EdDSA/ES256 public keys
+//! (production), turned into a [`Principal`]. Minting needs the secret; it is for development and
+//! for grpcurl sessions, production tokens come from the platform's identity provider.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+use crate::domain::principal::{Principal, Role};
+
+/// The claims mailconnect reads and writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<i64>,
+    #[serde(default)]
+    roles: Vec<String>,
+    iat: u64,
+    exp: u64,
+}
+
+/// Why a token was refused. Deliberately coarse: the caller learns what to fix, an attacker
+/// learns nothing about the keys.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token has expired: mint or fetch a new one")]
+    Expired,
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("cannot mint tokens: {0}")]
+    CannotMint(String),
+}
+
+/// Keys that verify (and, with a secret, mint) tokens.
+pub struct TokenKeys {
+    secret: Option<(EncodingKey, DecodingKey)>,
+    public: Vec<(Algorithm, DecodingKey)>,
+}
+
+impl TokenKeys {
+    /// `public_keys` are PEM documents (RSA, Ed25519 or P-256 public keys).
+    pub fn new(secret: Option<&Secret>, public_keys: &[String]) -> Result<Self, String> {
+        let secret = secret.map(|secret| {
+            let bytes = secret.expose().as_bytes();
+            (
+                EncodingKey::from_secret(bytes),
+                DecodingKey::from_secret(bytes),
+            )
+        });
+        let mut public = Vec::new();
+        for (index, pem) in public_keys.iter().enumerate() {
+            let pem = pem.as_bytes();
+            let key = DecodingKey::from_rsa_pem(pem)
+                .map(|key| (Algorithm::RS256, key))
+                .or_else(|_| DecodingKey::from_ed_pem(pem).map(|key| (Algorithm::EdDSA, key)))
+                .or_else(|_| DecodingKey::from_ec_pem(pem).map(|key| (Algorithm::ES256, key)))
+                .map_err(|_| {
+                    format!(
+                        "JWT public key #{} is not an RSA, Ed25519 or P-256 PEM public key",
+                        index + 1
+                    )
+                })?;
+            public.push(key);
+        }
+        if secret.is_none() && public.is_empty() {
+            return Err("no JWT secret or public key configured".to_owned());
+        }
+        Ok(Self { secret, public })
+    }
+
+    /// Verifies a token and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| TokenError::Invalid("malformed JWT".to_owned()))?;
+        let candidates: Vec<&DecodingKey> = match header.alg {
+            Algorithm::HS256 => self.secret.iter().map(|(_, key)| key).collect(),
+            alg => self
+                .public
+                .iter()
+                .filter(|(key_alg, _)| *key_alg == alg)
+                .map(|(_, key)| key)
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} is not accepted by this server",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 30;
+        let mut last = TokenError::Invalid("bad signature".to_owned());
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(principal(data.claims)),
+                Err(e) => {
+                    last = match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                            TokenError::Invalid("bad signature".to_owned())
+                        }
+                        _ => TokenError::Invalid("claims are missing or malformed".to_owned()),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Mints an HS256 token valid for `ttl`.
+    pub fn mint(&self, principal: &Principal, ttl: Duration) -> Result<String, TokenError> {
+        let (key, _) = self.secret.as_ref().ok_or_else(|| {
+            TokenError::CannotMint(
+                "only public keys are configured; set MAILCONNECT_JWT_SECRET".to_owned(),
+            )
+        })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = Claims {
+            sub: principal.subject.clone(),
+            account_id: principal.account_id,
+            user_id: principal.user_id,
+            roles: principal
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            .map_err(|e| TokenError::CannotMint(e.to_string()))
+    }
+}
+
+fn principal(claims: Claims) -> Principal {
+    Principal {
+        subject: claims.sub,
+        account_id: claims.account_id,
+        user_id: claims.user_id,
+        // Unknown role names are ignored so that newer issuers do not lock callers out.
+        roles: claims
+            .roles
+            .iter()
+            .filter_map(|r| Role::from_token(r))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(secret: &str) -> TokenKeys {
+        TokenKeys::new(Some(&Secret::new(secret.to_owned())), &[]).unwrap()
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            subject: "user:1:7".into(),
+            account_id: Some(1),
+            user_id: Some(7),
+            roles: vec![Role::SuperAdmin],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let keys = keys("s3cret-s3cret-s3cret-s3cret-s3cret");
+        let token = keys.mint(&admin(), Duration::from_secs(60)).unwrap();
+        assert_eq!(keys.verify(&token).unwrap(), admin());
+    }
+
+    #[test]
+    fn refuses_other_secrets_garbage_and_expiry() {
+        let token = keys("one-secret-one-secret-one-secret")
+            .mint(&admin(), Duration::from_secs(60))
+            .unwrap();
+        let other = keys("another-secret-another-secret-xx");
+        assert!(matches!(other.verify(&token), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            other.verify("not.a.jwt"),
+            Err(TokenError::Invalid(_))
+        ));
+        let expired = Claims {
+            sub: "x".into(),
+            account_id: Some(1),
+            user_id: None,
+            roles: vec![],
+            iat: 1,
+            exp: 2,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+        )
+        .unwrap();
+        assert_eq!(other.verify(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn public_keys_only_cannot_mint_and_bad_pem_is_named() {
+        let err = TokenKeys::new(None, &["nope".to_owned()]).err().unwrap();
+        assert!(err.contains("#1"), "{err}");
+        assert!(TokenKeys::new(None, &[]).is_err());
+    }
+}
