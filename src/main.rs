@@ -108,15 +108,30 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
         },
         Duration::from_secs(12 * 3600),
     )?;
+    let grpcurl = grpcurl_command();
     println!(
         "\nmailconnect is listening on {addr} (development secret in {dir}).\n\
          Try it with grpcurl (a super-admin token of account 1, valid 12 hours):\n\n\
          export TOKEN='{token}'\n\
-         grpcurl -plaintext {addr} list\n\
-         grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n",
+         {grpcurl} -plaintext {addr} list\n\
+         {grpcurl} -plaintext {addr} describe mailconnect.v1.DirectoryService\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n",
         dir = keys.data_dir.display(),
     );
     Ok(())
+}
+
+/// `grpcurl` when it is on PATH, else the project-local copy scripts/run installs.
+fn grpcurl_command() -> String {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("grpcurl").is_file())
+    });
+    let local = std::path::Path::new(".venv-tools/bin/grpcurl");
+    if !on_path && local.is_file() {
+        format!("./{}", local.display())
+    } else {
+        "grpcurl".to_owned()
+    }
 }
 
 async fn shutdown_signal() {

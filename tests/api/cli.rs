@@ -1,0 +1,98 @@
+//! The `mailconnect` binary's commands.
+
+use std::process::Command;
+
+fn mailconnect() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mailconnect"));
+    // The tests' own environment must not configure the binary.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAILCONNECT_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn unknown_database_scheme_is_a_clear_error_that_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for subcommand in ["serve", "migrate"] {
+        let output = mailconnect()
+            .current_dir(dir.path())
+            .args([subcommand, "--database-url", "postgress://x"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("unsupported database URL scheme \"postgress\""),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "created files"
+        );
+    }
+}
+
+#[test]
+fn token_minting_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let output = mailconnect()
+        .args(["token", "--role", "super-admin", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--account"));
+
+    let output = mailconnect()
+        .args(["token", "--account", "1", "--user", "2", "--role", "wizard"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "clap usage error");
+
+    // The development secret is created once and reused: two tokens verify with one key.
+    let mint = || {
+        let output = mailconnect()
+            .args([
+                "token",
+                "--account",
+                "3",
+                "--user",
+                "4",
+                "--role",
+                "account-access",
+                "--ttl",
+                "5m",
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let (first, second) = (mint(), mint());
+    let secret = std::fs::read_to_string(data_dir.join("jwt-secret")).unwrap();
+    let keys = mailconnect::tokens::TokenKeys::new(
+        Some(&mailconnect::config::Secret::new(secret.trim().to_owned())),
+        &[],
+    )
+    .unwrap();
+    for token in [first, second] {
+        let principal = keys.verify(&token).unwrap();
+        assert_eq!(principal.account_id, Some(3));
+        assert_eq!(principal.user_id, Some(4));
+        assert_eq!(
+            principal.roles,
+            [mailconnect::domain::principal::Role::AccountAccess]
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! `spawn_app()`: the application on a random port with a fresh database, connected clients and
+//! a token maker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use mailconnect::app::Application;
+use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Secret, Settings};
+use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
+use mailconnect::tokens::TokenKeys;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
+
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The Postgres server the tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("MAILCONNECT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A database that exists for one test and is dropped after it.
+pub enum TestDatabase {
+    Postgres {
+        name: String,
+        url: String,
+    },
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+}
+
+impl TestDatabase {
+    pub fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let name = format!("mailconnect_test_{}", rand_suffix());
+                let admin = postgres_admin_url();
+                let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
+                    panic!(
+                        "Postgres at {admin} is needed by the tests (scripts/test starts it): {e}"
+                    )
+                });
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .expect("create test database");
+                let url = match admin.rsplit_once('/') {
+                    Some((server, _)) => format!("{server}/{name}"),
+                    None => panic!("MAILCONNECT_TEST_POSTGRES_URL must end in /DATABASE"),
+                };
+                TestDatabase::Postgres { name, url }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.sqlite").display());
+                TestDatabase::Sqlite { _dir: dir, url }
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDatabase::Postgres { url, .. } | TestDatabase::Sqlite { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { name, .. } = self {
+            let name = name.clone();
+            // Dropping happens inside the runtime; the blocking work goes to its own thread.
+            let _ = std::thread::spawn(move || {
+                if let Ok(mut conn) = PgConnection::establish(&postgres_admin_url()) {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn);
+                }
+            })
+            .join();
+        }
+    }
+}
+
+pub fn rand_suffix() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    keys: TokenKeys,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _database: TestDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
+    Settings {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        keys: KeySettings {
+            data_dir,
+            jwt_secret: Some(Secret::new(TEST_SECRET.to_owned())),
+            jwt_public_keys: vec![],
+        },
+        database: DatabaseSettings {
+            database_url: Some(Secret::new(database_url.to_owned())),
+            db_max_connections: 4,
+        },
+        migrate_on_start: true,
+        default_data_center: "na1".to_owned(),
+        shutdown_grace: Duration::from_secs(5),
+        log_format: LogFormat::Text,
+    }
+}
+
+/// Starts the application on a fresh database and waits until it reports SERVING.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let app = start_app(TestDatabase::create(backend)).await;
+    app.wait_until_serving().await;
+    app
+}
+
+/// Starts the application without waiting for readiness.
+pub async fn start_app(database: TestDatabase) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let settings = test_settings(database.url(), data_dir.path().to_owned());
+    let application = Application::build(settings)
+        .await
+        .expect("build application");
+    let addr = application.local_addr();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    TestApp {
+        addr,
+        channel,
+        keys: TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[]).unwrap(),
+        shutdown: Some(shutdown),
+        server: Some(server),
+        _database: database,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestApp {
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, Status> {
+        let response = HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?;
+        Ok(response.into_inner().status())
+    }
+
+    /// Polls health until SERVING; readiness depends on the database, not on a clock, and the
+    /// generous bound only turns a hang into a failure.
+    pub async fn wait_until_serving(&self) {
+        for _ in 0..3000 {
+            if let Ok(ServingStatus::Serving) = self.health("").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the application never reported SERVING");
+    }
+
+    pub fn token(&self, principal: &Principal) -> String {
+        self.keys
+            .mint(principal, Duration::from_secs(600))
+            .expect("mint token")
+    }
+
+    pub fn platform_token(&self) -> String {
+        self.token(&Principal {
+            subject: "platform".into(),
+            account_id: None,
+            user_id: None,
+            roles: vec![Role::Platform],
+        })
+    }
+
+    pub fn user_token(&self, account_id: i64, user_id: i64, roles: &[Role]) -> String {
+        self.token(&Principal {
+            subject: format!("user:{account_id}:{user_id}"),
+            account_id: Some(account_id),
+            user_id: Some(user_id),
+            roles: roles.to_vec(),
+        })
+    }
+
+    pub fn directory(&self) -> DirectoryServiceClient<Channel> {
+        DirectoryServiceClient::new(self.channel.clone())
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Wraps a message in a request carrying a bearer token.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+/// Asserts the status code and ErrorInfo reason, and returns the ErrorInfo metadata.
+pub fn assert_error(status: &Status, code: Code, reason: &str) -> HashMap<String, String> {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "mailconnect");
+    info.metadata
+}
+
+/// The field paths of an INVALID_ARGUMENT status's BadRequest violations.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    assert_error(status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest on {status:?}"))
+        .field_violations
+        .into_iter()
+        .map(|violation| violation.field)
+        .collect()
+}
+
+/// Declares, for each async fn taking a [`Backend`], one test per backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::harness::Backend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::harness::Backend::Sqlite).await;
+                }
+            }
+        )*
+    };
+}
