@@ -123,9 +123,8 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
 
 /// `grpcurl` when it is on PATH, else the project-local copy scripts/run installs.
 fn grpcurl_command() -> String {
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("grpcurl").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("grpcurl").is_file()));
     let local = std::path::Path::new(".venv-tools/bin/grpcurl");
     if !on_path && local.is_file() {
         format!("./{}", local.display())

@@ -5,6 +5,7 @@ pub mod directory;
 pub mod email;
 pub mod page;
 pub mod principal;
+pub mod probe;
 pub mod violation;
 
 pub use violation::{FieldViolation, Violations};

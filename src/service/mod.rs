@@ -3,5 +3,6 @@
 
 pub mod directory;
 mod error;
+pub mod probing;
 
 pub use error::ServiceError;
