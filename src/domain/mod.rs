@@ -2,10 +2,13 @@
 //! Nothing here does I/O.
 
 pub mod directory;
+pub mod domain_name;
+pub mod domain_settings;
 pub mod email;
 pub mod page;
 pub mod principal;
 pub mod probe;
+pub mod providers;
 pub mod violation;
 
 pub use violation::{FieldViolation, Violations};

@@ -3,10 +3,13 @@
 
 pub mod auth;
 mod directory;
+mod domain_settings;
+pub mod probe_report;
 pub mod status;
 pub mod unimplemented;
 
 pub use directory::DirectoryApi;
+pub use domain_settings::DomainSettingsApi;
 
 /// The generated `mailconnect.v1` messages, servers and clients.
 pub mod proto {

@@ -72,6 +72,12 @@ impl From<ServiceError> for Status {
             ServiceError::Aborted { reason, .. } => {
                 status(Code::Aborted, reason, message, HashMap::new())
             }
+            ServiceError::ProbeFailed { reports } => {
+                super::probe_report::probe_failed_status(message, reports)
+            }
+            ServiceError::ResourceExhausted { reason, .. } => {
+                status(Code::ResourceExhausted, reason, message, HashMap::new())
+            }
             ServiceError::Unavailable(_) => {
                 status(Code::Unavailable, "UNAVAILABLE", message, HashMap::new())
             }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::FieldViolation;
 use crate::domain::principal::Role;
+use crate::domain::probe::ProbeReport;
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +54,30 @@ pub enum ServiceError {
         reason: &'static str,
         message: String,
     },
+    /// A server of the settings failed its probe; the reports say what to fix.
+    #[error("a server failed its probe: {}", summarize_probes(.reports))]
+    ProbeFailed { reports: Vec<ProbeReport> },
+    /// A capacity or rate limit refused the call; retry later.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+    },
     /// Try again later: the database or a dependency is down.
     #[error("{0}")]
     Unavailable(String),
     /// A bug or corrupt data; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
+}
+
+fn summarize_probes(reports: &[ProbeReport]) -> String {
+    reports
+        .iter()
+        .filter(|report| !report.outcome.is_success())
+        .map(|report| format!("{}: {}", report.target, report.hint))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn summarize(violations: &[FieldViolation]) -> String {

@@ -4,6 +4,7 @@
 //! blocking threads through [`Database::run`], never on a runtime thread.
 
 pub mod directory;
+pub mod domain_settings;
 mod pool;
 pub mod schema;
 mod url;
@@ -70,8 +71,18 @@ impl From<DieselError> for StorageError {
 
 /// Current time as stored: UTC microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
-    let now = std::time::SystemTime::now()
+    to_micros(std::time::SystemTime::now())
+}
+
+/// A time as stored: UTC microseconds since the Unix epoch (earlier times clamp to the epoch).
+pub fn to_micros(time: std::time::SystemTime) -> i64 {
+    let since = time
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A stored time back as a `SystemTime`.
+pub fn from_micros(micros: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }

@@ -48,10 +48,47 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    domain_settings (account_id, domain) {
+        account_id -> BigInt,
+        domain -> Text,
+        kind -> Text,
+        settings -> Text,
+        version -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+        updated_by_user_id -> BigInt,
+        last_verified_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    domain_settings_requests (account_id, request_id) {
+        account_id -> BigInt,
+        request_id -> Text,
+        domain -> Text,
+        response -> Text,
+        create_time -> BigInt,
+    }
+}
+
+diesel::table! {
+    attempted_domains (account_id, domain) {
+        account_id -> BigInt,
+        domain -> Text,
+        attempts -> BigInt,
+        first_attempt_time -> BigInt,
+        last_attempt_time -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     accounts,
     account_sending_domains,
     users,
     teams,
     team_members,
+    domain_settings,
+    domain_settings_requests,
+    attempted_domains,
 );

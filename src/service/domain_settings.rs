@@ -1,0 +1,976 @@
+//! The domain settings use cases (seed article 003): admins preset IMAP + SMTP or Exchange servers
+//! per email domain, accepted only after the probe proves they answer; every user then resolves
+//! them when connecting a mailbox.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::SystemTime;
+
+use crate::domain::Violations;
+use crate::domain::domain_name::DomainName;
+use crate::domain::domain_settings::{
+    DomainSettings, ServerSettings, SettingsInput, SettingsKind, UpdateError, apply_update,
+    parse_etag, parse_resource_name,
+};
+use crate::domain::email::EmailAddress;
+use crate::domain::page::{decode_token, encode_token, page_size};
+use crate::domain::principal::{Principal, Role};
+use crate::domain::probe::{
+    ProbeContext, ProbeCredentials, ProbeReport, ProbeRequest, ProbeTarget,
+};
+use crate::domain::providers::provider_for;
+use crate::storage::StorageError;
+
+use super::ServiceError;
+use super::directory::{Page, PageRequest};
+use super::probing::Prober;
+
+/// Longest idempotency key accepted.
+const MAX_REQUEST_ID: usize = 128;
+
+/// What an insert found.
+pub enum InsertOutcome {
+    Created(DomainSettings),
+    /// The domain already has settings of this kind.
+    Exists(SettingsKind),
+    /// The request id was used before; here is the first result.
+    Replayed(DomainSettings),
+}
+
+/// What a conditional write found.
+pub enum WriteOutcome<T> {
+    Done(T),
+    NotFound,
+    /// The etag was stale.
+    Stale,
+}
+
+/// A domain users tried to connect without a preset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptedDomain {
+    pub domain: String,
+    pub attempts: i64,
+    pub first_attempt_time: SystemTime,
+    pub last_attempt_time: SystemTime,
+}
+
+/// Where presets are kept.
+pub trait DomainSettingsStore: Send + Sync + 'static {
+    /// Inserts new settings (version 1) unless the domain has some; records the request id with the
+    /// result; removes the domain from the attempted list.
+    fn insert(
+        &self,
+        account_id: i64,
+        settings: DomainSettings,
+        request_id: Option<String>,
+    ) -> impl Future<Output = Result<InsertOutcome, StorageError>> + Send;
+    /// The first result of a create with this request id, and its domain.
+    fn find_request(
+        &self,
+        account_id: i64,
+        request_id: String,
+    ) -> impl Future<Output = Result<Option<DomainSettings>, StorageError>> + Send;
+    fn get(
+        &self,
+        account_id: i64,
+        domain: DomainName,
+    ) -> impl Future<Output = Result<Option<DomainSettings>, StorageError>> + Send;
+    /// Replaces the servers (bumping the version) if the current version is `expected_version`
+    /// (any version when `None`).
+    fn update(
+        &self,
+        account_id: i64,
+        settings: DomainSettings,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<WriteOutcome<DomainSettings>, StorageError>> + Send;
+    fn delete(
+        &self,
+        account_id: i64,
+        domain: DomainName,
+        expected_version: Option<i64>,
+    ) -> impl Future<Output = Result<WriteOutcome<()>, StorageError>> + Send;
+    /// Settings ordered by domain, after `after_domain`, at most `limit`.
+    fn list(
+        &self,
+        account_id: i64,
+        kind: Option<SettingsKind>,
+        after_domain: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DomainSettings>, StorageError>> + Send;
+    /// Counts an attempt to connect an address of `domain`.
+    fn record_attempt(
+        &self,
+        account_id: i64,
+        domain: DomainName,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    /// Attempted domains without settings, newest attempt first, after the key
+    /// `(last_attempt_micros, domain)`, at most `limit`.
+    fn list_attempts(
+        &self,
+        account_id: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AttemptedDomain>, StorageError>> + Send;
+}
+
+/// The raw fields of a DomainSettings message.
+pub struct SettingsRequest {
+    pub domain: String,
+    pub settings: SettingsInput,
+}
+
+/// An update as the caller sent it.
+pub struct UpdateRequest<'a> {
+    pub name: &'a str,
+    pub etag: &'a str,
+    pub input: &'a SettingsInput,
+    pub mask: &'a [String],
+    pub validate_only: bool,
+}
+
+/// What a write returns: the settings and the probe reports behind them.
+pub struct Probed<T> {
+    pub value: T,
+    pub reports: Vec<ProbeReport>,
+}
+
+/// Where resolved settings came from.
+pub enum Resolution {
+    AdminPreset(DomainSettings),
+    BuiltinProvider {
+        name: &'static str,
+        settings: ServerSettings,
+    },
+    None,
+}
+
+pub struct DomainSettingsService<S, P> {
+    store: S,
+    prober: P,
+}
+
+const WRITERS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
+
+/// The caller's account; a token without one cannot use per-account methods.
+fn account_of(principal: &Principal) -> Result<i64, ServiceError> {
+    principal
+        .account_id
+        .ok_or_else(|| ServiceError::PermissionDenied {
+            message: "domain settings belong to an account and the token names none".to_owned(),
+            required: WRITERS.to_vec(),
+        })
+}
+
+fn writer_account(principal: &Principal, action: &str) -> Result<i64, ServiceError> {
+    ServiceError::require_any(&principal.roles, WRITERS, action)?;
+    account_of(principal)
+}
+
+fn not_found(domain: &DomainName) -> ServiceError {
+    ServiceError::not_found(
+        "DOMAIN_SETTINGS_NOT_FOUND",
+        format!("no settings for the domain {domain} in this account"),
+    )
+}
+
+fn stale(domain: &DomainName) -> ServiceError {
+    ServiceError::Aborted {
+        reason: "ETAG_MISMATCH",
+        message: format!(
+            "the settings of {domain} changed since the etag was read: get them again and retry"
+        ),
+    }
+}
+
+fn already_exists(domain: &DomainName, kind: SettingsKind) -> ServiceError {
+    let other = match kind {
+        SettingsKind::Imap => "IMAP",
+        SettingsKind::Exchange => "Exchange",
+    };
+    ServiceError::AlreadyExists {
+        reason: "DOMAIN_ALREADY_CONFIGURED",
+        message: format!(
+            "{domain} already has {other} settings; a domain has IMAP or Exchange settings, never both: update or delete domainSettings/{domain}"
+        ),
+        metadata: BTreeMap::from([
+            ("existing_kind".to_owned(), kind.as_str().to_owned()),
+            ("domain".to_owned(), domain.to_string()),
+        ]),
+    }
+}
+
+/// An etag from a request: empty means unconditional.
+fn expected_version(field: &str, etag: &str) -> Result<Option<i64>, ServiceError> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    parse_etag(etag).map(Some).ok_or_else(|| {
+        ServiceError::invalid(
+            field,
+            "is not an etag of these settings: send the etag a Get returned",
+        )
+    })
+}
+
+/// The probes settings need: IMAP and SMTP, or the Exchange URL.
+fn probe_requests(
+    settings: &ServerSettings,
+    credentials: Option<&ProbeCredentials>,
+) -> Vec<ProbeRequest> {
+    let request = |target, allow_insecure_certificate, field_prefix: &str| ProbeRequest {
+        target,
+        allow_insecure_certificate,
+        credentials: credentials.cloned(),
+        field_prefix: field_prefix.to_owned(),
+    };
+    match settings {
+        ServerSettings::Imap(imap) => vec![
+            request(
+                ProbeTarget::Imap(imap.imap_server.clone()),
+                imap.allow_insecure_certificate,
+                "domain_settings.imap.imap_server",
+            ),
+            request(
+                ProbeTarget::Smtp(imap.smtp_server.clone()),
+                imap.allow_insecure_certificate,
+                "domain_settings.imap.smtp_server",
+            ),
+        ],
+        ServerSettings::Exchange(exchange) => vec![request(
+            ProbeTarget::Exchange(exchange.exchange_url.clone()),
+            false,
+            "domain_settings.exchange.exchange_url",
+        )],
+    }
+}
+
+impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
+    pub fn new(store: S, prober: P) -> Self {
+        Self { store, prober }
+    }
+
+    /// Runs every probe the settings need, concurrently.
+    async fn probe(
+        &self,
+        account_id: i64,
+        settings: &ServerSettings,
+        credentials: Option<&ProbeCredentials>,
+        context: &ProbeContext,
+    ) -> Result<Vec<ProbeReport>, ServiceError> {
+        let context = ProbeContext {
+            account_id: Some(account_id),
+            ..context.clone()
+        };
+        let probes = probe_requests(settings, credentials)
+            .into_iter()
+            .map(|request| self.prober.probe(request, context.clone()));
+        futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .map(|result| {
+                result.map_err(|refused| ServiceError::ResourceExhausted {
+                    reason: "PROBE_CAPACITY",
+                    message: refused.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Probes and refuses unless every server passed.
+    async fn probe_or_refuse(
+        &self,
+        account_id: i64,
+        settings: &ServerSettings,
+        context: &ProbeContext,
+    ) -> Result<Vec<ProbeReport>, ServiceError> {
+        let reports = self.probe(account_id, settings, None, context).await?;
+        if reports.iter().all(|report| report.outcome.is_success()) {
+            Ok(reports)
+        } else {
+            Err(ServiceError::ProbeFailed { reports })
+        }
+    }
+
+    fn parse_settings(
+        request: &SettingsRequest,
+    ) -> Result<(DomainName, ServerSettings), ServiceError> {
+        let mut violations = Violations::new();
+        let domain = violations.check(DomainName::parse("domain_settings.domain", &request.domain));
+        let settings = request.settings.parse("domain_settings", &mut violations);
+        Ok(violations
+            .finish(|| (domain, settings))
+            .map(|(d, s)| (d.expect("checked"), s.expect("checked")))?)
+    }
+
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        request: SettingsRequest,
+        validate_only: bool,
+        request_id: &str,
+        context: &ProbeContext,
+    ) -> Result<Probed<DomainSettings>, ServiceError> {
+        let account_id = writer_account(principal, "CreateDomainSettings")?;
+        if request_id.len() > MAX_REQUEST_ID || request_id.chars().any(char::is_control) {
+            return Err(ServiceError::invalid(
+                "request_id",
+                format!("must be at most {MAX_REQUEST_ID} printable characters, e.g. a UUID"),
+            ));
+        }
+        let (domain, settings) = Self::parse_settings(&request)?;
+        let request_id = (!request_id.is_empty()).then(|| request_id.to_owned());
+        if let Some(id) = &request_id
+            && let Some(first) = self.store.find_request(account_id, id.clone()).await?
+        {
+            return replay(first, &domain);
+        }
+        if let Some(existing) = self.store.get(account_id, domain.clone()).await? {
+            return Err(already_exists(&domain, existing.settings.kind()));
+        }
+        let reports = self.probe_or_refuse(account_id, &settings, context).await?;
+        let now = SystemTime::now();
+        let candidate = DomainSettings {
+            domain: domain.clone(),
+            settings,
+            version: 1,
+            create_time: now,
+            update_time: now,
+            updated_by_user_id: principal.user_id.unwrap_or_default(),
+            last_verified_time: Some(now),
+        };
+        if validate_only {
+            return Ok(Probed {
+                value: candidate,
+                reports,
+            });
+        }
+        match self.store.insert(account_id, candidate, request_id).await? {
+            InsertOutcome::Created(value) => {
+                tracing::info!(account_id, domain = %domain, kind = value.settings.kind().as_str(), "domain settings created");
+                Ok(Probed { value, reports })
+            }
+            InsertOutcome::Exists(kind) => Err(already_exists(&domain, kind)),
+            InsertOutcome::Replayed(first) => replay(first, &domain),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<DomainSettings, ServiceError> {
+        let account_id = account_of(principal)?;
+        let domain = parse_resource_name("name", name)?;
+        self.store
+            .get(account_id, domain.clone())
+            .await?
+            .ok_or_else(|| not_found(&domain))
+    }
+
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        request: UpdateRequest<'_>,
+        context: &ProbeContext,
+    ) -> Result<Probed<DomainSettings>, ServiceError> {
+        let UpdateRequest {
+            name,
+            etag,
+            input,
+            mask,
+            validate_only,
+        } = request;
+        let account_id = writer_account(principal, "UpdateDomainSettings")?;
+        let mut violations = Violations::new();
+        let domain = violations.check(parse_resource_name("domain_settings.name", name));
+        let expected = expected_version("domain_settings.etag", etag);
+        let domain = violations.finish(|| domain.expect("checked"))?;
+        let expected = expected?;
+        let existing = self
+            .store
+            .get(account_id, domain.clone())
+            .await?
+            .ok_or_else(|| not_found(&domain))?;
+        if expected.is_some_and(|version| version != existing.version) {
+            return Err(stale(&domain));
+        }
+        let next = apply_update(&existing.settings, input, mask).map_err(|error| match error {
+            UpdateError::Invalid(violations) => ServiceError::InvalidArgument(violations),
+            UpdateError::KindMismatch { existing, requested } => ServiceError::FailedPrecondition {
+                reason: "SETTINGS_KIND_MISMATCH",
+                message: format!(
+                    "{domain} has {} settings and an update cannot switch it to {}: delete domainSettings/{domain} and create it again",
+                    existing.as_str(),
+                    requested.as_str()
+                ),
+                metadata: BTreeMap::from([
+                    ("existing_kind".to_owned(), existing.as_str().to_owned()),
+                    ("requested_kind".to_owned(), requested.as_str().to_owned()),
+                ]),
+            },
+        })?;
+        let reports = if existing.settings.needs_probe_after(&next) {
+            self.probe_or_refuse(account_id, &next, context).await?
+        } else {
+            Vec::new()
+        };
+        let now = SystemTime::now();
+        let candidate = DomainSettings {
+            settings: next,
+            update_time: now,
+            updated_by_user_id: principal.user_id.unwrap_or_default(),
+            last_verified_time: if reports.is_empty() {
+                existing.last_verified_time
+            } else {
+                Some(now)
+            },
+            ..existing.clone()
+        };
+        if validate_only {
+            return Ok(Probed {
+                value: candidate,
+                reports,
+            });
+        }
+        match self
+            .store
+            .update(account_id, candidate, Some(existing.version))
+            .await?
+        {
+            WriteOutcome::Done(value) => Ok(Probed { value, reports }),
+            WriteOutcome::NotFound => Err(not_found(&domain)),
+            // Someone wrote between our read and our write.
+            WriteOutcome::Stale => Err(stale(&domain)),
+        }
+    }
+
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        name: &str,
+        etag: &str,
+    ) -> Result<(), ServiceError> {
+        let account_id = writer_account(principal, "DeleteDomainSettings")?;
+        let mut violations = Violations::new();
+        let domain = violations.check(parse_resource_name("name", name));
+        let expected = expected_version("etag", etag);
+        let domain = violations.finish(|| domain.expect("checked"))?;
+        match self
+            .store
+            .delete(account_id, domain.clone(), expected?)
+            .await?
+        {
+            WriteOutcome::Done(()) => Ok(()),
+            WriteOutcome::NotFound => Err(not_found(&domain)),
+            WriteOutcome::Stale => Err(stale(&domain)),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        kind: Option<SettingsKind>,
+        page: PageRequest<'_>,
+    ) -> Result<Page<DomainSettings>, ServiceError> {
+        let account_id = account_of(principal)?;
+        let filter = format!(
+            "domain_settings:{}",
+            kind.map_or("any", SettingsKind::as_str)
+        );
+        let mut violations = Violations::new();
+        let size = violations.check(page_size("page_size", page.page_size));
+        let after = violations.check(decode_token("page_token", page.page_token, &filter));
+        let (size, after) = violations.finish(|| (size.unwrap_or_default(), after.flatten()))?;
+        let mut items = self.store.list(account_id, kind, after, size + 1).await?;
+        let next_page_token = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|last| encode_token(last.domain.as_str(), &filter))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// The hot path: one read, plus one write when the domain has no preset.
+    pub async fn resolve(
+        &self,
+        principal: &Principal,
+        email_address: &str,
+    ) -> Result<(DomainName, Resolution), ServiceError> {
+        let account_id = account_of(principal)?;
+        let email = EmailAddress::parse("email_address", email_address)?;
+        let domain = DomainName::parse("email_address", email.domain())?;
+        if let Some(preset) = self.store.get(account_id, domain.clone()).await? {
+            return Ok((domain, Resolution::AdminPreset(preset)));
+        }
+        self.store
+            .record_attempt(account_id, domain.clone())
+            .await?;
+        let resolution = match provider_for(domain.as_str()) {
+            Some(provider) => Resolution::BuiltinProvider {
+                name: provider.name,
+                settings: ServerSettings::Imap(provider.imap_settings()),
+            },
+            None => Resolution::None,
+        };
+        Ok((domain, resolution))
+    }
+
+    pub async fn list_attempted(
+        &self,
+        principal: &Principal,
+        page: PageRequest<'_>,
+    ) -> Result<Page<AttemptedDomain>, ServiceError> {
+        let account_id = writer_account(principal, "ListAttemptedDomains")?;
+        const FILTER: &str = "attempted_domains";
+        let mut violations = Violations::new();
+        let size = violations.check(page_size("page_size", page.page_size));
+        let after = violations.check(decode_token("page_token", page.page_token, FILTER));
+        let (size, after) = violations.finish(|| (size.unwrap_or_default(), after.flatten()))?;
+        let after = match after {
+            Some(key) => Some(
+                key.split_once(':')
+                    .and_then(|(time, domain)| Some((time.parse().ok()?, domain.to_owned())))
+                    .ok_or_else(|| {
+                        ServiceError::invalid("page_token", "is not a page token of this list")
+                    })?,
+            ),
+            None => None,
+        };
+        let mut items = self
+            .store
+            .list_attempts(account_id, after, size + 1)
+            .await?;
+        let next_page_token = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|last| {
+                    let micros = crate::storage::to_micros(last.last_attempt_time);
+                    encode_token(&format!("{micros}:{}", last.domain), FILTER)
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Probes settings without storing anything; failures are reported, not raised.
+    pub async fn probe_settings(
+        &self,
+        principal: &Principal,
+        request: SettingsRequest,
+        credentials: Option<ProbeCredentials>,
+        context: &ProbeContext,
+    ) -> Result<Vec<ProbeReport>, ServiceError> {
+        let account_id = writer_account(principal, "ProbeDomainSettings")?;
+        let (_, settings) = Self::parse_settings(&request)?;
+        self.probe(account_id, &settings, credentials.as_ref(), context)
+            .await
+    }
+}
+
+/// The first result of a create, for a retry with the same request id.
+fn replay(
+    first: DomainSettings,
+    domain: &DomainName,
+) -> Result<Probed<DomainSettings>, ServiceError> {
+    if &first.domain != domain {
+        return Err(ServiceError::invalid(
+            "request_id",
+            format!(
+                "was already used to create the settings of {}; use a new request_id for another domain",
+                first.domain
+            ),
+        ));
+    }
+    Ok(Probed {
+        value: first,
+        reports: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::domain_settings::{
+        Choice, ExchangeInput, ExchangeScope, ImapInput, ServerInput,
+    };
+    use crate::domain::probe::{ProbeOutcome, ProbeRefused};
+    use crate::storage::{Database, DatabaseUrl};
+
+    /// A prober that fails the hosts it is told to and records what it was asked.
+    #[derive(Default)]
+    struct ScriptedProber {
+        failing_hosts: Vec<String>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Prober for ScriptedProber {
+        async fn probe(
+            &self,
+            request: ProbeRequest,
+            _context: ProbeContext,
+        ) -> Result<ProbeReport, ProbeRefused> {
+            let target = request.target.to_string();
+            self.asked.lock().unwrap().push(target.clone());
+            let failed = self
+                .failing_hosts
+                .iter()
+                .any(|host| target.contains(host.as_str()));
+            Ok(ProbeReport {
+                target,
+                protocol: request.target.protocol(),
+                outcome: if failed {
+                    ProbeOutcome::Failed
+                } else {
+                    ProbeOutcome::Ok
+                },
+                stages: vec![],
+                tls: None,
+                capabilities: vec![],
+                auth_mechanisms: vec![],
+                field: if failed {
+                    format!("{}.host", request.field_prefix)
+                } else {
+                    String::new()
+                },
+                hint: if failed {
+                    "host not found".into()
+                } else {
+                    String::new()
+                },
+                total_latency: Duration::ZERO,
+                connected_address: String::new(),
+                probe_time: SystemTime::now(),
+            })
+        }
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            subject: "user:1:7".into(),
+            account_id: Some(1),
+            user_id: Some(7),
+            roles: vec![Role::SuperAdmin],
+        }
+    }
+
+    fn imap(domain: &str, host: &str) -> SettingsRequest {
+        let server = |port| ServerInput {
+            host: host.into(),
+            port,
+            security: Choice::Unspecified,
+        };
+        SettingsRequest {
+            domain: domain.into(),
+            settings: SettingsInput::Imap(ImapInput {
+                imap_server: Some(server(993)),
+                smtp_server: Some(server(587)),
+                allow_insecure_certificate: false,
+            }),
+        }
+    }
+
+    fn exchange(domain: &str) -> SettingsRequest {
+        SettingsRequest {
+            domain: domain.into(),
+            settings: SettingsInput::Exchange(ExchangeInput {
+                exchange_url: "https://mail.example.com/EWS/Exchange.asmx".into(),
+                scopes: vec![],
+            }),
+        }
+    }
+
+    async fn service(failing: &[&str]) -> DomainSettingsService<Database, ScriptedProber> {
+        let database = Database::new(DatabaseUrl::SqliteMemory, 1).unwrap();
+        database.migrate().await.unwrap();
+        DomainSettingsService::new(
+            database,
+            ScriptedProber {
+                failing_hosts: failing.iter().map(|h| h.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn ctx() -> ProbeContext {
+        ProbeContext::default()
+    }
+
+    #[tokio::test]
+    async fn a_domain_has_imap_or_exchange_never_both() {
+        let service = service(&[]).await;
+        let created = service
+            .create(
+                &admin(),
+                imap("Example.com", "imap.example.com"),
+                false,
+                "",
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.value.domain.as_str(), "example.com");
+        assert_eq!(created.reports.len(), 2, "IMAP and SMTP probed");
+        let err = service
+            .create(&admin(), exchange("example.com"), false, "", &ctx())
+            .await
+            .err()
+            .unwrap();
+        let ServiceError::AlreadyExists {
+            reason, metadata, ..
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(reason, "DOMAIN_ALREADY_CONFIGURED");
+        assert_eq!(metadata["existing_kind"], "imap");
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_stores_nothing_and_validate_only_stores_nothing() {
+        let service = service(&["bad.example.net"]).await;
+        let err = service
+            .create(
+                &admin(),
+                imap("example.com", "bad.example.net"),
+                false,
+                "",
+                &ctx(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ServiceError::ProbeFailed { ref reports } if reports.len() == 2));
+        let probed = service
+            .create(
+                &admin(),
+                imap("example.org", "imap.example.org"),
+                true,
+                "",
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(probed.reports.len(), 2);
+        for domain in ["domainSettings/example.com", "domainSettings/example.org"] {
+            let err = service.get(&admin(), domain).await.err().unwrap();
+            assert!(matches!(err, ServiceError::NotFound { .. }), "{domain}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_ids_replay_the_first_result_without_probing_again() {
+        let service = service(&[]).await;
+        let first = service
+            .create(
+                &admin(),
+                imap("example.com", "imap.example.com"),
+                false,
+                "req-1",
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        let asked = service.prober.asked.lock().unwrap().len();
+        let again = service
+            .create(
+                &admin(),
+                imap("example.com", "imap.example.com"),
+                false,
+                "req-1",
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.value, first.value);
+        assert_eq!(service.prober.asked.lock().unwrap().len(), asked);
+        let err = service
+            .create(
+                &admin(),
+                imap("example.org", "imap.example.org"),
+                false,
+                "req-1",
+                &ctx(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ServiceError::InvalidArgument(ref v) if v[0].field == "request_id"));
+    }
+
+    #[tokio::test]
+    async fn updates_check_etags_kinds_and_probe_only_what_changed() {
+        let service = service(&[]).await;
+        let created = service
+            .create(&admin(), exchange("example.com"), false, "", &ctx())
+            .await
+            .unwrap();
+        let etag = created.value.etag();
+        let scopes_only = SettingsInput::Exchange(ExchangeInput {
+            exchange_url: String::new(),
+            scopes: vec![Choice::Value(ExchangeScope::Calendar)],
+        });
+        let asked = service.prober.asked.lock().unwrap().len();
+        let updated = service
+            .update(
+                &admin(),
+                UpdateRequest {
+                    name: "domainSettings/example.com",
+                    etag: &etag,
+                    input: &scopes_only,
+                    mask: &["exchange.scopes".to_owned()],
+                    validate_only: false,
+                },
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        assert!(updated.reports.is_empty());
+        assert_eq!(
+            service.prober.asked.lock().unwrap().len(),
+            asked,
+            "no probe for scopes"
+        );
+        assert_ne!(updated.value.etag(), etag);
+        // The old etag is stale now.
+        let err = service
+            .update(
+                &admin(),
+                UpdateRequest {
+                    name: "domainSettings/example.com",
+                    etag: &etag,
+                    input: &scopes_only,
+                    mask: &["exchange.scopes".to_owned()],
+                    validate_only: false,
+                },
+                &ctx(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err,
+            ServiceError::Aborted {
+                reason: "ETAG_MISMATCH",
+                ..
+            }
+        ));
+        let switch = imap("example.com", "imap.example.com").settings;
+        let err = service
+            .update(
+                &admin(),
+                UpdateRequest {
+                    name: "domainSettings/example.com",
+                    etag: "",
+                    input: &switch,
+                    mask: &[],
+                    validate_only: false,
+                },
+                &ctx(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            err,
+            ServiceError::FailedPrecondition {
+                reason: "SETTINGS_KIND_MISMATCH",
+                ..
+            }
+        ));
+        let err = service
+            .delete(&admin(), "domainSettings/example.com", &etag)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ServiceError::Aborted { .. }));
+        service
+            .delete(
+                &admin(),
+                "domainSettings/example.com",
+                &updated.value.etag(),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn resolving_records_attempts_until_the_domain_is_configured() {
+        let service = service(&[]).await;
+        let user = Principal {
+            roles: vec![],
+            ..admin()
+        };
+        for _ in 0..3 {
+            let (domain, resolution) = service.resolve(&user, "ada@Example.ORG").await.unwrap();
+            assert_eq!(domain.as_str(), "example.org");
+            assert!(matches!(resolution, Resolution::None));
+        }
+        let (_, gmail) = service.resolve(&user, "bob@gmail.com").await.unwrap();
+        assert!(matches!(
+            gmail,
+            Resolution::BuiltinProvider { name: "Gmail", .. }
+        ));
+        let first_page = PageRequest {
+            page_size: 0,
+            page_token: "",
+        };
+        let attempts = service
+            .list_attempted(&admin(), first_page)
+            .await
+            .unwrap()
+            .items;
+        let org = attempts.iter().find(|a| a.domain == "example.org").unwrap();
+        assert_eq!(org.attempts, 3);
+        assert!(
+            service
+                .list_attempted(
+                    &user,
+                    PageRequest {
+                        page_size: 0,
+                        page_token: ""
+                    }
+                )
+                .await
+                .is_err()
+        );
+
+        service
+            .create(
+                &admin(),
+                imap("example.org", "imap.example.org"),
+                false,
+                "",
+                &ctx(),
+            )
+            .await
+            .unwrap();
+        let first_page = PageRequest {
+            page_size: 0,
+            page_token: "",
+        };
+        let attempts = service
+            .list_attempted(&admin(), first_page)
+            .await
+            .unwrap()
+            .items;
+        assert!(attempts.iter().all(|a| a.domain != "example.org"));
+        let (_, resolution) = service.resolve(&user, "ada@example.org").await.unwrap();
+        assert!(matches!(resolution, Resolution::AdminPreset(_)));
+    }
+}
