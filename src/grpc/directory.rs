@@ -13,7 +13,8 @@ use crate::domain::directory::{
     Account, AccountInput, Team, TeamInput, Tier, User, UserInput, UserRole,
 };
 use crate::service::ServiceError;
-use crate::service::directory::{DirectoryService, DirectoryStore, PageRequest};
+use crate::service::directory::{DirectoryService, DirectoryStore};
+use crate::service::pagination::PageRequest;
 
 pub struct DirectoryApi<S> {
     service: Arc<DirectoryService<S>>,

@@ -17,10 +17,10 @@ use crate::domain::domain_settings::{
 };
 use crate::domain::probe::{ProbeContext, ProbeCredentials, Security, ServerEndpoint};
 use crate::service::ServiceError;
-use crate::service::directory::PageRequest;
 use crate::service::domain_settings::{
     DomainSettingsService, DomainSettingsStore, Resolution, SettingsRequest, UpdateRequest,
 };
+use crate::service::pagination::PageRequest;
 use crate::service::probing::Prober;
 
 pub struct DomainSettingsApi<S, P> {

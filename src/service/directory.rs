@@ -6,12 +6,12 @@ use crate::domain::Violations;
 use crate::domain::directory::{
     Account, AccountInput, DataCenterId, Team, TeamInput, User, UserInput,
 };
-use crate::domain::page::{decode_token, encode_token, page_size};
 use crate::domain::principal::{Principal, Role};
 use crate::domain::violation::positive_id;
 use crate::storage::StorageError;
 
 use super::ServiceError;
+use super::pagination::{Page, PageRequest, bad_token, paginate};
 
 /// Where the directory is kept.
 pub trait DirectoryStore: Send + Sync + 'static {
@@ -59,18 +59,6 @@ pub trait DirectoryStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Team>, StorageError>> + Send;
 }
 
-/// A page of a list and the token of the next one (empty at the end).
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: String,
-}
-
-/// Which page of a list a caller asked for.
-pub struct PageRequest<'a> {
-    pub page_size: i32,
-    pub page_token: &'a str,
-}
-
 pub struct DirectoryService<S> {
     store: S,
     default_data_center: DataCenterId,
@@ -107,33 +95,11 @@ fn readable_account(principal: &Principal, account_id: i64) -> Result<i64, Servi
 
 /// Decodes a keyset page request whose key is an id.
 fn id_page(request: &PageRequest<'_>, filter: &str) -> Result<(i64, usize), ServiceError> {
-    let mut violations = Violations::new();
-    let size = violations.check(page_size("page_size", request.page_size));
-    let after = violations
-        .check(decode_token("page_token", request.page_token, filter))
-        .flatten()
-        .map(|key| key.parse::<i64>())
-        .transpose()
-        .map_err(|_| ServiceError::invalid("page_token", "is not a page token of this list"))?;
-    let size = violations.finish(|| size.unwrap_or_default())?;
+    let (size, after) = request.decode(filter)?;
+    let after = after
+        .map(|key| key.parse::<i64>().map_err(|_| bad_token()))
+        .transpose()?;
     Ok((after.unwrap_or(0), size))
-}
-
-/// Cuts the one extra row fetched to learn whether another page follows.
-fn paginate<T>(mut items: Vec<T>, size: usize, filter: &str, key: impl Fn(&T) -> i64) -> Page<T> {
-    let next_page_token = if items.len() > size {
-        items.truncate(size);
-        items
-            .last()
-            .map(|last| encode_token(&key(last).to_string(), filter))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Page {
-        items,
-        next_page_token,
-    }
 }
 
 impl<S: DirectoryStore> DirectoryService<S> {
@@ -224,7 +190,7 @@ impl<S: DirectoryStore> DirectoryService<S> {
             .store
             .list_users(account_id, after, size + 1, show_deleted)
             .await?;
-        Ok(paginate(users, size, &filter, |user| user.id))
+        Ok(paginate(users, size, &filter, |user| user.id.to_string()))
     }
 
     pub async fn upsert_team(
@@ -276,7 +242,7 @@ impl<S: DirectoryStore> DirectoryService<S> {
         let filter = format!("teams:{account_id}");
         let (after, size) = id_page(&page, &filter)?;
         let teams = self.store.list_teams(account_id, after, size + 1).await?;
-        Ok(paginate(teams, size, &filter, |team| team.id))
+        Ok(paginate(teams, size, &filter, |team| team.id.to_string()))
     }
 }
 

@@ -13,7 +13,6 @@ use crate::domain::domain_settings::{
     parse_etag, parse_resource_name,
 };
 use crate::domain::email::EmailAddress;
-use crate::domain::page::{decode_token, encode_token, page_size};
 use crate::domain::principal::{Principal, Role};
 use crate::domain::probe::{
     ProbeContext, ProbeCredentials, ProbeReport, ProbeRequest, ProbeTarget,
@@ -22,7 +21,7 @@ use crate::domain::providers::provider_for;
 use crate::storage::StorageError;
 
 use super::ServiceError;
-use super::directory::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, bad_token, paginate};
 use super::probing::Prober;
 
 /// Longest idempotency key accepted.
@@ -477,24 +476,11 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             "domain_settings:{}",
             kind.map_or("any", SettingsKind::as_str)
         );
-        let mut violations = Violations::new();
-        let size = violations.check(page_size("page_size", page.page_size));
-        let after = violations.check(decode_token("page_token", page.page_token, &filter));
-        let (size, after) = violations.finish(|| (size.unwrap_or_default(), after.flatten()))?;
-        let mut items = self.store.list(account_id, kind, after, size + 1).await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| encode_token(last.domain.as_str(), &filter))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let (size, after) = page.decode(&filter)?;
+        let items = self.store.list(account_id, kind, after, size + 1).await?;
+        Ok(paginate(items, size, &filter, |last| {
+            last.domain.to_string()
+        }))
     }
 
     /// The hot path: one read, plus one write when the domain has no preset.
@@ -529,40 +515,22 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
     ) -> Result<Page<AttemptedDomain>, ServiceError> {
         let account_id = writer_account(principal, "ListAttemptedDomains")?;
         const FILTER: &str = "attempted_domains";
-        let mut violations = Violations::new();
-        let size = violations.check(page_size("page_size", page.page_size));
-        let after = violations.check(decode_token("page_token", page.page_token, FILTER));
-        let (size, after) = violations.finish(|| (size.unwrap_or_default(), after.flatten()))?;
-        let after = match after {
-            Some(key) => Some(
+        let (size, after) = page.decode(FILTER)?;
+        let after = after
+            .map(|key| {
                 key.split_once(':')
                     .and_then(|(time, domain)| Some((time.parse().ok()?, domain.to_owned())))
-                    .ok_or_else(|| {
-                        ServiceError::invalid("page_token", "is not a page token of this list")
-                    })?,
-            ),
-            None => None,
-        };
-        let mut items = self
+                    .ok_or_else(bad_token)
+            })
+            .transpose()?;
+        let items = self
             .store
             .list_attempts(account_id, after, size + 1)
             .await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| {
-                    let micros = crate::storage::to_micros(last.last_attempt_time);
-                    encode_token(&format!("{micros}:{}", last.domain), FILTER)
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok(paginate(items, size, FILTER, |last| {
+            let micros = crate::storage::to_micros(last.last_attempt_time);
+            format!("{micros}:{}", last.domain)
+        }))
     }
 
     /// Probes settings without storing anything; failures are reported, not raised.

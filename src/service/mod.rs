@@ -4,6 +4,7 @@
 pub mod directory;
 pub mod domain_settings;
 mod error;
+pub mod pagination;
 pub mod probing;
 
 pub use error::ServiceError;
