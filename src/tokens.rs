@@ -20,6 +20,8 @@ struct Claims {
     user_id: Option<i64>,
     #[serde(default)]
     roles: Vec<String>,
+    /// Optional: identity providers need not send it.
+    #[serde(default)]
     iat: u64,
     exp: u64,
 }

@@ -93,3 +93,115 @@ fn migration_folders_match() {
     assert!(!postgres.is_empty());
     assert_eq!(postgres, names("sqlite"));
 }
+
+/// Production keys: a token signed with an Ed25519 private key verifies against the configured
+/// public key, and HS256 tokens are refused when no secret is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_keys_verify_tokens_from_an_identity_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("openssl is needed to make test keys");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+
+    let database = TestDatabase::create(Backend::Sqlite);
+    let mut settings = crate::harness::test_settings(database.url(), dir.path().join("data"));
+    settings.keys.jwt_secret = None;
+    settings.keys.jwt_public_keys = vec![public];
+    let application = mailconnect::app::Application::build(settings)
+        .await
+        .unwrap();
+    let addr = application.local_addr();
+    tokio::spawn(application.run_until_stopped(std::future::pending()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut client =
+        mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient::new(channel);
+
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sub: &'static str,
+        roles: Vec<&'static str>,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &Claims {
+            sub: "platform",
+            roles: vec!["platform"],
+            exp,
+        },
+        &key,
+    )
+    .unwrap();
+    let account = mailconnect::grpc::proto::Account {
+        id: 9,
+        tier: mailconnect::grpc::proto::Tier::Free.into(),
+        ..Default::default()
+    };
+    let request = mailconnect::grpc::proto::UpsertAccountRequest {
+        account: Some(account),
+    };
+    // Readiness is asynchronous: retry while the database is being migrated.
+    let mut result = client.upsert_account(authed(&token, request.clone())).await;
+    for _ in 0..3000 {
+        match &result {
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                result = client.upsert_account(authed(&token, request.clone())).await;
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(result.unwrap().into_inner().account.unwrap().id, 9);
+
+    let hs256 = mailconnect::tokens::TokenKeys::new(
+        Some(&mailconnect::config::Secret::new(
+            crate::harness::TEST_SECRET.into(),
+        )),
+        &[],
+    )
+    .unwrap()
+    .mint(
+        &mailconnect::domain::principal::Principal {
+            subject: "platform".into(),
+            account_id: None,
+            user_id: None,
+            roles: vec![mailconnect::domain::principal::Role::Platform],
+        },
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let status = client
+        .upsert_account(authed(&hs256, request))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
+}
