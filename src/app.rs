@@ -11,12 +11,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
+use crate::grpc::drain::DrainWatchesLayer;
+use crate::grpc::limits::LoadShedLayer;
+use crate::grpc::observe::RpcTelemetryLayer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::unimplemented::UnimplementedLayer;
 use crate::grpc::{DirectoryApi, proto};
@@ -42,6 +45,7 @@ pub struct Application {
     local_addr: SocketAddr,
     database: Database,
     keys: Arc<TokenKeys>,
+    server: tonic::transport::Server,
     settings: Settings,
 }
 
@@ -52,7 +56,9 @@ impl Application {
         let url = settings.database.url(&settings.keys.data_dir)?;
         settings.default_data_center()?;
         let keys = Arc::new(settings.keys.token_keys()?);
+        let server = settings.server.builder()?;
         let database = Database::new(url, settings.database.db_max_connections)?;
+        crate::telemetry::observe_pool(&database);
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
@@ -62,6 +68,7 @@ impl Application {
             local_addr,
             database,
             keys,
+            server,
             settings,
         })
     }
@@ -113,6 +120,7 @@ impl Application {
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
         let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let (watches_end_tx, watches_end) = watch::channel(false);
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
@@ -122,15 +130,28 @@ impl Application {
                     .set_service_status(*service, ServingStatus::NotServing)
                     .await;
             }
+            // Only now: open Health/Watch streams get NOT_SERVING before they are closed.
+            let _ = watches_end_tx.send(true);
             let _ = drain_started_tx.send(());
         };
 
-        let server = Server::builder()
-            .layer(UnimplementedLayer::new(PENDING_SERVICES))
+        let limits = &self.settings.server;
+        let mut server = self
+            .server
+            .layer(RpcTelemetryLayer::new())
+            .layer(DrainWatchesLayer::new(watches_end))
+            .layer(LoadShedLayer::new(limits.max_concurrent_calls))
+            .layer(UnimplementedLayer::new(PENDING_SERVICES));
+        let server = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(DirectoryServiceServer::with_interceptor(directory, auth))
+            .add_service(InterceptedService::new(
+                DirectoryServiceServer::new(directory)
+                    .max_decoding_message_size(limits.max_recv_message_size)
+                    .max_encoding_message_size(limits.max_send_message_size),
+                auth,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         tokio::pin!(server);
         tokio::select! {

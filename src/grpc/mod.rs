@@ -3,10 +3,25 @@
 
 pub mod auth;
 mod directory;
+pub mod drain;
+pub mod limits;
+pub mod observe;
+pub mod server;
 pub mod status;
 pub mod unimplemented;
 
 pub use directory::DirectoryApi;
+
+/// The standard health service, which the tower layers treat specially (never shed, not traced).
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The future of the tower layers over the router.
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// The `("package.Service", "Method")` of a gRPC path `/package.Service/Method`.
+fn split_rpc_path(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix('/')?.split_once('/')
+}
 
 /// The generated `mailconnect.v1` messages, servers and clients.
 pub mod proto {

@@ -11,6 +11,7 @@ use mailconnect::app::Application;
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Secret, Settings};
 use mailconnect::domain::principal::{Principal, Role};
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
+use mailconnect::grpc::server::ServerSettings;
 use mailconnect::tokens::TokenKeys;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -124,6 +125,7 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             database_url: Some(Secret::new(database_url.to_owned())),
             db_max_connections: 4,
         },
+        server: ServerSettings::default(),
         migrate_on_start: true,
         default_data_center: "na1".to_owned(),
         shutdown_grace: Duration::from_secs(5),
