@@ -11,14 +11,14 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 /// The transport settings of `mailconnect serve` (flattened into [`crate::config::Settings`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerSettings {
-    /// Largest request message accepted, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
+    /// Largest request message accepted, in bytes; a larger one is refused (OUT_OF_RANGE).
     #[arg(
         long,
         env = "MAILCONNECT_MAX_RECV_MESSAGE_SIZE",
         default_value_t = 4 * 1024 * 1024
     )]
     pub max_recv_message_size: usize,
-    /// Largest response message sent, in bytes; a larger one fails with RESOURCE_EXHAUSTED.
+    /// Largest response message sent, in bytes; a larger one fails the call (OUT_OF_RANGE).
     #[arg(
         long,
         env = "MAILCONNECT_MAX_SEND_MESSAGE_SIZE",

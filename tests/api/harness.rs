@@ -142,8 +142,15 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts the application without waiting for readiness.
 pub async fn start_app(database: TestDatabase) -> TestApp {
+    start_app_with(database, |_| {}).await
+}
+
+/// Starts the application with test settings changed by `configure`, without waiting for
+/// readiness.
+pub async fn start_app_with(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let settings = test_settings(database.url(), data_dir.path().to_owned());
+    let mut settings = test_settings(database.url(), data_dir.path().to_owned());
+    configure(&mut settings);
     let application = Application::build(settings)
         .await
         .expect("build application");

@@ -3,5 +3,6 @@
 mod cli;
 mod directory;
 mod grpcurl;
+mod hardening;
 mod harness;
 mod server;

@@ -1,0 +1,260 @@
+//! The server's limits: global load shedding, message sizes, TLS and mutual TLS.
+
+use std::time::Duration;
+
+use mailconnect::grpc::proto::{GetAccountRequest, UpsertAccountRequest};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+use crate::backend_tests;
+use crate::harness::{Backend, TestDatabase, assert_error, authed, start_app_with};
+
+/// With room for one call, an open stream takes the slot: the next call is refused at once
+/// with RESOURCE_EXHAUSTED, health checks still answer, and the slot frees when the stream ends.
+async fn calls_beyond_the_global_limit_are_shed(backend: Backend) {
+    let app = start_app_with(TestDatabase::create(backend), |settings| {
+        settings.server.max_concurrent_calls = 1;
+    })
+    .await;
+    app.wait_until_serving().await;
+    let token = app.platform_token();
+    let get_account = || {
+        let mut client = app.directory();
+        let request = authed(&token, GetAccountRequest { account_id: 1 });
+        async move { client.get_account(request).await }
+    };
+
+    let (requests, mut responses) = open_reflection_stream(app.channel.clone()).await;
+    list_services(&requests, &mut responses).await;
+
+    let status = get_account().await.unwrap_err();
+    let metadata = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(metadata["max_concurrent_calls"], "1");
+    assert_eq!(app.health("").await.unwrap(), ServingStatus::Serving);
+
+    drop(requests);
+    assert!(responses.next().await.is_none(), "stream ends cleanly");
+    // The slot is released when the server drops the finished stream; poll for that moment.
+    let mut last = None;
+    for _ in 0..500 {
+        match get_account().await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                last = Some(other);
+                break;
+            }
+        }
+    }
+    let status = last.expect("the slot was never released").unwrap_err();
+    assert_error(&status, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    app.stop().await;
+}
+
+/// A request larger than the configured maximum is refused without reaching the service.
+async fn oversized_requests_are_refused(backend: Backend) {
+    let app = start_app_with(TestDatabase::create(backend), |settings| {
+        settings.server.max_recv_message_size = 1024;
+    })
+    .await;
+    app.wait_until_serving().await;
+    let account = mailconnect::grpc::proto::Account {
+        id: 1,
+        sending_domains: (0..200).map(|i| format!("domain-{i}.example")).collect(),
+        ..Default::default()
+    };
+    let status = app
+        .directory()
+        .upsert_account(authed(
+            &app.platform_token(),
+            UpsertAccountRequest {
+                account: Some(account),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    let status = app
+        .directory()
+        .get_account(authed(
+            &app.platform_token(),
+            GetAccountRequest { account_id: 1 },
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    app.stop().await;
+}
+
+backend_tests!(
+    calls_beyond_the_global_limit_are_shed,
+    oversized_requests_are_refused
+);
+
+pub async fn open_reflection_stream(
+    channel: Channel,
+) -> (
+    tokio::sync::mpsc::Sender<ServerReflectionRequest>,
+    tonic::Streaming<ServerReflectionResponse>,
+) {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    let responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("open reflection stream")
+        .into_inner();
+    (requests, responses)
+}
+
+/// Asks the open reflection stream for the service list and checks the answer.
+pub async fn list_services(
+    requests: &tokio::sync::mpsc::Sender<ServerReflectionRequest>,
+    responses: &mut tonic::Streaming<ServerReflectionResponse>,
+) {
+    requests
+        .send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .expect("stream open");
+    let answer = responses
+        .next()
+        .await
+        .expect("an answer")
+        .expect("answer ok");
+    assert!(
+        format!("{answer:?}").contains("mailconnect.v1.DirectoryService"),
+        "{answer:?}"
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mailconnect test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["client.mailconnect.test".into()]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        Self {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn configure(&self, settings: &mut mailconnect::config::Settings, mutual: bool) {
+        settings.server.tls_cert = Some(self.dir.path().join("server.pem"));
+        settings.server.tls_key = Some(self.dir.path().join("server.key"));
+        settings.server.tls_client_ca = mutual.then(|| self.dir.path().join("ca.pem"));
+    }
+
+    fn client(&self, with_certificate: bool) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if with_certificate {
+            config.identity(Identity::from_pem(&self.client_cert, &self.client_key))
+        } else {
+            config
+        }
+    }
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy()
+}
+
+async fn health_over(channel: Channel) -> Result<ServingStatus, tonic::Status> {
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner()
+        .status())
+}
+
+/// Server TLS: a client that trusts the CA talks to it; a plaintext client gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_ca() {
+    let pki = Pki::new();
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        pki.configure(settings, false)
+    })
+    .await;
+    let channel = tls_channel(app.addr, pki.client(false)).await;
+    // Readiness depends on the database; the bound only turns a hang into a failure.
+    let mut status = health_over(channel.clone()).await;
+    for _ in 0..3000 {
+        if let Ok(ServingStatus::Serving) = status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = health_over(channel.clone()).await;
+    }
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+    assert!(
+        app.health("").await.is_err(),
+        "plaintext must not be served"
+    );
+    app.stop().await;
+}
+
+/// Mutual TLS: a client without a certificate is refused; one signed by the CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let pki = Pki::new();
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        pki.configure(settings, true)
+    })
+    .await;
+    let anonymous = tls_channel(app.addr, pki.client(false)).await;
+    let refusal = format!("{:?}", health_over(anonymous).await.unwrap_err());
+    assert!(refusal.contains("CertificateRequired"), "{refusal}");
+
+    let known = tls_channel(app.addr, pki.client(true)).await;
+    assert!(
+        health_over(known).await.is_ok(),
+        "a client with a CA-signed certificate is served"
+    );
+    app.stop().await;
+}
