@@ -5,4 +5,6 @@ mod directory;
 mod grpcurl;
 mod hardening;
 mod harness;
+mod process;
 mod server;
+mod shutdown;
