@@ -200,7 +200,7 @@ impl CallRecord {
         self.duration.record(elapsed.as_secs_f64(), &labels);
         self.span.in_scope(|| {
             tracing::debug!(
-                code = %tonic::Code::from_i32(code),
+                code = ?tonic::Code::from_i32(code),
                 elapsed_ms = elapsed.as_millis() as u64,
                 "call finished"
             );

@@ -120,11 +120,16 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StorageError> + Send + 'static,
     {
-        let span = tracing::info_span!(
-            "db.query",
-            otel.kind = "client",
-            db.system.name = self.url.system_name(),
-        );
+        // Only inside a call: the readiness loop's pings would otherwise be a root trace each.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "db.query",
+                otel.kind = "client",
+                db.system.name = self.url.system_name(),
+            )
+        };
         let in_span = span.clone();
         async move {
             let conn = self

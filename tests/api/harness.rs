@@ -147,7 +147,10 @@ pub async fn start_app(database: TestDatabase) -> TestApp {
 
 /// Starts the application with test settings changed by `configure`, without waiting for
 /// readiness.
-pub async fn start_app_with(database: TestDatabase, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub async fn start_app_with(
+    database: TestDatabase,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(database.url(), data_dir.path().to_owned());
     configure(&mut settings);

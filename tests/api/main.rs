@@ -8,3 +8,4 @@ mod harness;
 mod process;
 mod server;
 mod shutdown;
+mod telemetry;

@@ -28,8 +28,19 @@ impl ServerProcess {
             }
         }
         command
-            .args(["serve", "--listen-addr", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--database-url", database.url(), "--jwt-secret", TEST_SECRET])
+            .args([
+                "serve",
+                "--listen-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args([
+                "--database-url",
+                database.url(),
+                "--jwt-secret",
+                TEST_SECRET,
+            ])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(extra)

@@ -50,7 +50,10 @@ async fn sigterm_drains_in_flight_calls_and_exits_cleanly(backend: Backend) {
     // The call in flight is still served after the signal, then completes cleanly.
     list_services(&requests, &mut responses).await;
     drop(requests);
-    assert!(responses.next().await.is_none(), "the call completes with OK");
+    assert!(
+        responses.next().await.is_none(),
+        "the call completes with OK"
+    );
 
     let status = server.wait(Duration::from_secs(120)).await;
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
