@@ -248,8 +248,15 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     })
     .await;
     let anonymous = tls_channel(app.addr, pki.client(false)).await;
-    let refusal = format!("{:?}", health_over(anonymous).await.unwrap_err());
-    assert!(refusal.contains("CertificateRequired"), "{refusal}");
+    // TLS 1.3 lets the client finish its handshake before the server checks it, so the refusal
+    // shows as a "certificate required" alert or as the connection closing: either way the
+    // transport fails and no gRPC answer comes back.
+    let refusal = health_over(anonymous).await.unwrap_err();
+    assert!(
+        std::error::Error::source(&refusal)
+            .is_some_and(|source| source.is::<tonic::transport::Error>()),
+        "{refusal:?}"
+    );
 
     let known = tls_channel(app.addr, pki.client(true)).await;
     assert!(
