@@ -18,11 +18,12 @@ use tonic_health::server::HealthReporter;
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
 use crate::grpc::drain::DrainWatchesLayer;
+use crate::grpc::health_port;
 use crate::grpc::limits::LoadShedLayer;
 use crate::grpc::observe::RpcTelemetryLayer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::unimplemented::UnimplementedLayer;
-use crate::grpc::{DirectoryApi, proto};
+use crate::grpc::{DirectoryApi, LIVENESS_SERVICE, proto};
 use crate::service::directory::DirectoryService;
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
@@ -43,6 +44,7 @@ const SERVED_SERVICES: &[&str] = &[
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    health_listener: Option<TcpListener>,
     database: Database,
     keys: Arc<TokenKeys>,
     server: tonic::transport::Server,
@@ -63,9 +65,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let health_listener = health_port::bind(settings.server.health_listen_addr).await?;
         Ok(Self {
             listener,
             local_addr,
+            health_listener,
             database,
             keys,
             server,
@@ -75,6 +79,13 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The plaintext health-only address, when configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn database(&self) -> &Database {
@@ -93,6 +104,9 @@ impl Application {
                 .set_service_status(*service, ServingStatus::NotServing)
                 .await;
         }
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         let (stopping_tx, stopping) = watch::channel(false);
         tokio::spawn(track_readiness(
             self.database.clone(),
@@ -135,6 +149,9 @@ impl Application {
             let _ = drain_started_tx.send(());
         };
 
+        let health_port = self
+            .health_listener
+            .map(|listener| health_port::spawn(listener, health_service.clone()));
         let limits = &self.settings.server;
         let mut server = self
             .server
@@ -163,6 +180,9 @@ impl Application {
                     std::future::pending::<()>().await;
                 }
             } => tracing::warn!(?grace, "grace period over, dropping remaining connections"),
+        }
+        if let Some(health_port) = health_port {
+            health_port.abort();
         }
         Ok(())
     }

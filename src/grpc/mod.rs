@@ -4,6 +4,7 @@
 pub mod auth;
 mod directory;
 pub mod drain;
+pub mod health_port;
 pub mod limits;
 pub mod observe;
 pub mod server;
@@ -14,6 +15,10 @@ pub use directory::DirectoryApi;
 
 /// The standard health service, which the tower layers treat specially (never shed, not traced).
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// A health entry that is SERVING for as long as the process answers, whatever the database
+/// says: the liveness probe's target (readiness probes the overall `""`).
+pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// The future of the tower layers over the router.
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;

@@ -49,6 +49,10 @@ pub struct ServerSettings {
     /// clients reconnect and spread over new replicas.
     #[arg(long, env = "MAILCONNECT_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+    /// Optional plaintext address serving only the health service, for Kubernetes gRPC probes
+    /// (which cannot speak TLS) when the main port uses TLS.
+    #[arg(long, env = "MAILCONNECT_HEALTH_LISTEN_ADDR")]
+    pub health_listen_addr: Option<std::net::SocketAddr>,
     /// PEM certificate chain of the server; with `--tls-key`, the server speaks TLS only.
     #[arg(long, env = "MAILCONNECT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

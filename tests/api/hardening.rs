@@ -213,12 +213,14 @@ async fn health_over(channel: Channel) -> Result<ServingStatus, tonic::Status> {
         .status())
 }
 
-/// Server TLS: a client that trusts the CA talks to it; a plaintext client gets nowhere.
+/// Server TLS: a client that trusts the CA talks to it; a plaintext client gets nowhere except
+/// on the health-only port that kubelet's (plaintext) gRPC probes use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_clients_that_trust_the_ca() {
     let pki = Pki::new();
     let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
-        pki.configure(settings, false)
+        pki.configure(settings, false);
+        settings.server.health_listen_addr = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let channel = tls_channel(app.addr, pki.client(false)).await;
@@ -235,6 +237,25 @@ async fn tls_serves_clients_that_trust_the_ca() {
     assert!(
         app.health("").await.is_err(),
         "plaintext must not be served"
+    );
+    let health_port = Channel::from_shared(format!("http://{}", app.health_addr.unwrap()))
+        .unwrap()
+        .connect_lazy();
+    assert_eq!(
+        health_over(health_port.clone()).await.unwrap(),
+        ServingStatus::Serving
+    );
+    let directory =
+        mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient::new(
+            health_port,
+        )
+        .get_account(GetAccountRequest { account_id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        directory.code(),
+        Code::Unimplemented,
+        "only health is served there"
     );
     app.stop().await;
 }

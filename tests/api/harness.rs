@@ -105,6 +105,8 @@ pub fn rand_suffix() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The plaintext health-only address, when the settings asked for one.
+    pub health_addr: Option<SocketAddr>,
     pub channel: Channel,
     keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -158,6 +160,7 @@ pub async fn start_app_with(
         .await
         .expect("build application");
     let addr = application.local_addr();
+    let health_addr = application.health_addr();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stopped.await;
@@ -167,6 +170,7 @@ pub async fn start_app_with(
         .connect_lazy();
     TestApp {
         addr,
+        health_addr,
         channel,
         keys: TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[]).unwrap(),
         shutdown: Some(shutdown),
