@@ -5,6 +5,7 @@ mod directory;
 mod grpcurl;
 mod hardening;
 mod harness;
+mod packaging;
 mod process;
 mod server;
 mod shutdown;
