@@ -119,18 +119,20 @@ const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 /// A call carrying a `traceparent` arrives as a server span of that trace, child of the caller's
 /// span, named after the method with the RPC attributes and status; its database work is a
 /// `db.query` span below it; the duration metric and pool gauges arrive too; and the JSON log line
-/// of the call carries the trace id.
+/// of the call carries the trace id. The export intervals are far longer than the test, so what
+/// arrives was flushed when the process shut down on SIGTERM.
 async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backend) {
     let received = Received::default();
     let endpoint = received.start().await;
     let database = TestDatabase::create(backend);
-    let server = ServerProcess::start(
+    let mut server = ServerProcess::start(
         &database,
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            // Far beyond the test: what arrives was flushed by the shutdown.
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
             ("RUST_LOG", "info,mailconnect=debug"),
         ],
     );
@@ -164,6 +166,10 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    server.terminate();
+    let exit = server.wait(Duration::from_secs(60)).await;
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
 
     let (rpc, db) = received
         .wait_for("the call's span and its database span", |received| {
