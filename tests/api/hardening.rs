@@ -1,4 +1,5 @@
-//! The server's limits: global load shedding, message sizes, TLS and mutual TLS.
+//! The server's limits: global load shedding, message sizes, request timeout, TLS and mutual
+//! TLS.
 
 use std::time::Duration;
 
@@ -96,9 +97,76 @@ async fn oversized_requests_are_refused(backend: Backend) {
     app.stop().await;
 }
 
+/// A call stuck behind a table lock is cut off at the request timeout (tonic answers CANCELLED,
+/// "Timeout expired") instead of holding its caller and its slot until the lock goes.
+async fn calls_longer_than_the_request_timeout_are_cut_off(backend: Backend) {
+    let database = TestDatabase::create(backend);
+    let url = database.url().to_owned();
+    let app = start_app_with(database, |settings| {
+        settings.server.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    app.wait_until_serving().await;
+    let mut lock = TableLock::take(&url);
+    let status = app
+        .directory()
+        .upsert_account(authed(
+            &app.platform_token(),
+            UpsertAccountRequest {
+                account: Some(mailconnect::grpc::proto::Account {
+                    id: 1,
+                    tier: mailconnect::grpc::proto::Tier::Professional.into(),
+                    subdomain: "acme".into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert_eq!(status.message(), "Timeout expired");
+    lock.release();
+    app.stop().await;
+}
+
+/// Holds a write lock on `accounts` from a connection of its own, so that writes wait.
+enum TableLock {
+    Postgres(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+impl TableLock {
+    fn take(url: &str) -> Self {
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
+                Self::Sqlite(conn)
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(url).unwrap();
+                conn.batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+                    .unwrap();
+                Self::Postgres(conn)
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        use diesel::connection::SimpleConnection as _;
+        match self {
+            Self::Postgres(conn) => conn.batch_execute("ROLLBACK").unwrap(),
+            Self::Sqlite(conn) => conn.batch_execute("ROLLBACK").unwrap(),
+        }
+    }
+}
+
 backend_tests!(
     calls_beyond_the_global_limit_are_shed,
-    oversized_requests_are_refused
+    oversized_requests_are_refused,
+    calls_longer_than_the_request_timeout_are_cut_off
 );
 
 pub async fn open_reflection_stream(
