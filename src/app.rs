@@ -57,8 +57,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let url = settings.database.url(&settings.keys.data_dir)?;
         settings.default_data_center()?;
-        let keys = Arc::new(settings.keys.token_keys()?);
         let server = settings.server.builder()?;
+        let keys = Arc::new(settings.keys.token_keys()?);
         let database = Database::new(url, settings.database.db_max_connections)?;
         crate::telemetry::observe_pool(&database);
         let listener = TcpListener::bind(settings.listen_addr)

@@ -354,3 +354,41 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     );
     app.stop().await;
 }
+
+/// Wrong server settings stop `serve` with a clear error before anything is created.
+#[test]
+fn bad_server_settings_are_clear_startup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--tls-cert", missing, "--tls-key", missing],
+            format!("reading TLS certificate {missing}"),
+        ),
+        (
+            vec!["--tls-cert", missing],
+            "--tls-key <TLS_KEY>".to_owned(),
+        ),
+        (
+            vec!["--max-concurrent-calls", "0"],
+            "MAILCONNECT_MAX_CONCURRENT_CALLS must be at least 1".to_owned(),
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailconnect"))
+            .current_dir(dir.path())
+            .env_remove("MAILCONNECT_DATABASE_URL")
+            .env_remove("MAILCONNECT_DATA_DIR")
+            .arg("serve")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("mailconnect-data").exists(),
+            "{args:?} created the data directory"
+        );
+    }
+}
