@@ -77,8 +77,9 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
-    /// A server builder with every limit applied. Message sizes are per service: apply them
-    /// with [`ServerSettings::max_recv_message_size`] / `max_send_message_size` on each one.
+    /// A server builder with the connection-level limits and TLS applied. Message sizes are a
+    /// setting of each generated service server: `app.rs` applies `max_recv_message_size` and
+    /// `max_send_message_size` to every `mailconnect.v1` service it adds.
     pub fn builder(&self) -> anyhow::Result<Server> {
         anyhow::ensure!(
             self.max_concurrent_calls > 0,
