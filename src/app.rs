@@ -11,15 +11,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
+use crate::grpc::drain::DrainWatchesLayer;
+use crate::grpc::health_port;
+use crate::grpc::limits::LoadShedLayer;
+use crate::grpc::observe::RpcTelemetryLayer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::unimplemented::UnimplementedLayer;
-use crate::grpc::{DirectoryApi, proto};
+use crate::grpc::{DirectoryApi, LIVENESS_SERVICE, proto};
 use crate::service::directory::DirectoryService;
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
@@ -40,8 +44,10 @@ const SERVED_SERVICES: &[&str] = &[
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    health_listener: Option<TcpListener>,
     database: Database,
     keys: Arc<TokenKeys>,
+    server: tonic::transport::Server,
     settings: Settings,
 }
 
@@ -51,23 +57,35 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let url = settings.database.url(&settings.keys.data_dir)?;
         settings.default_data_center()?;
+        let server = settings.server.builder()?;
         let keys = Arc::new(settings.keys.token_keys()?);
         let database = Database::new(url, settings.database.db_max_connections)?;
+        crate::telemetry::observe_pool(&database);
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let health_listener = health_port::bind(settings.server.health_listen_addr).await?;
         Ok(Self {
             listener,
             local_addr,
+            health_listener,
             database,
             keys,
+            server,
             settings,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The plaintext health-only address, when configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn database(&self) -> &Database {
@@ -86,6 +104,9 @@ impl Application {
                 .set_service_status(*service, ServingStatus::NotServing)
                 .await;
         }
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         let (stopping_tx, stopping) = watch::channel(false);
         tokio::spawn(track_readiness(
             self.database.clone(),
@@ -113,6 +134,7 @@ impl Application {
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
         let (drain_started_tx, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let (watches_end_tx, watches_end) = watch::channel(false);
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
@@ -122,15 +144,31 @@ impl Application {
                     .set_service_status(*service, ServingStatus::NotServing)
                     .await;
             }
+            // Only now: open Health/Watch streams get NOT_SERVING before they are closed.
+            let _ = watches_end_tx.send(true);
             let _ = drain_started_tx.send(());
         };
 
-        let server = Server::builder()
-            .layer(UnimplementedLayer::new(PENDING_SERVICES))
+        let health_port = self
+            .health_listener
+            .map(|listener| health_port::spawn(listener, health_service.clone()));
+        let limits = &self.settings.server;
+        let mut server = self
+            .server
+            .layer(RpcTelemetryLayer::new())
+            .layer(DrainWatchesLayer::new(watches_end))
+            .layer(LoadShedLayer::new(limits.max_concurrent_calls))
+            .layer(UnimplementedLayer::new(PENDING_SERVICES));
+        let server = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(DirectoryServiceServer::with_interceptor(directory, auth))
+            .add_service(InterceptedService::new(
+                DirectoryServiceServer::new(directory)
+                    .max_decoding_message_size(limits.max_recv_message_size)
+                    .max_encoding_message_size(limits.max_send_message_size),
+                auth,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         tokio::pin!(server);
         tokio::select! {
@@ -142,6 +180,9 @@ impl Application {
                     std::future::pending::<()>().await;
                 }
             } => tracing::warn!(?grace, "grace period over, dropping remaining connections"),
+        }
+        if let Some(health_port) = health_port {
+            health_port.abort();
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::domain::directory::DataCenterId;
+use crate::grpc::server::ServerSettings;
 use crate::storage::DatabaseUrl;
 use crate::tokens::TokenKeys;
 
@@ -172,6 +173,8 @@ pub struct Settings {
     pub keys: KeySettings,
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub server: ServerSettings,
     /// Apply pending migrations at start (otherwise the server stays NOT_SERVING until
     /// `mailconnect migrate` has run).
     #[arg(long, env = "MAILCONNECT_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]

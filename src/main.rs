@@ -86,12 +86,19 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    mailconnect::telemetry::init(settings.log_format);
+    let telemetry = mailconnect::telemetry::init(settings.log_format)?;
+    let result = run_server(settings).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run_server(settings: Settings) -> anyhow::Result<()> {
     let dev_hint = settings.keys.uses_dev_secret();
+    let tls = settings.server.tls_enabled();
     let app = Application::build(settings.clone()).await?;
     let addr = app.local_addr();
-    tracing::info!(%addr, database = %app.database().url(), "mailconnect listening");
-    if dev_hint {
+    tracing::info!(%addr, tls, database = %app.database().url(), "mailconnect listening");
+    if dev_hint && !tls {
         print_grpcurl_hint(&settings.keys, addr)?;
     }
     app.run_until_stopped(shutdown_signal()).await
@@ -155,12 +162,17 @@ async fn shutdown_signal() {
 }
 
 async fn migrate(keys: KeySettings, database: DatabaseSettings) -> anyhow::Result<()> {
-    mailconnect::telemetry::init(LogFormat::Text);
+    let telemetry = mailconnect::telemetry::init(LogFormat::Text)?;
     let url = database.url(&keys.data_dir)?;
-    let database = Database::new(url, 1)?;
-    let applied = database.migrate().await?;
-    println!("applied {applied} migration(s) to {}", database.url());
-    Ok(())
+    let result = async {
+        let database = Database::new(url, 1)?;
+        let applied = database.migrate().await?;
+        println!("applied {applied} migration(s) to {}", database.url());
+        Ok(())
+    }
+    .await;
+    telemetry.shutdown();
+    result
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

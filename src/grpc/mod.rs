@@ -4,12 +4,32 @@
 pub mod auth;
 mod directory;
 mod domain_settings;
+pub mod drain;
+pub mod health_port;
+pub mod limits;
+pub mod observe;
 pub mod probe_report;
+pub mod server;
 pub mod status;
 pub mod unimplemented;
 
 pub use directory::DirectoryApi;
 pub use domain_settings::DomainSettingsApi;
+
+/// The standard health service, which the tower layers treat specially (never shed, not traced).
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// A health entry that is SERVING for as long as the process answers, whatever the database
+/// says: the liveness probe's target (readiness probes the overall `""`).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// The future of the tower layers over the router.
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// The `("package.Service", "Method")` of a gRPC path `/package.Service/Method`.
+fn split_rpc_path(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix('/')?.split_once('/')
+}
 
 /// The generated `mailconnect.v1` messages, servers and clients.
 pub mod proto {

@@ -2,14 +2,13 @@
 //! with UNIMPLEMENTED naming the method, instead of tonic's anonymous "unknown path" reply.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Code;
 
 use super::status::status;
+use super::{BoxFuture, split_rpc_path};
 
 /// Layer over the whole router; `services` are fully-qualified service names.
 #[derive(Clone)]
@@ -42,8 +41,6 @@ pub struct Unimplemented<S> {
     services: Arc<[&'static str]>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, B> tower::Service<http::Request<B>> for Unimplemented<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
@@ -61,10 +58,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         // Paths are "/package.Service/Method".
         let path = request.uri().path();
-        let pending = path
-            .strip_prefix('/')
-            .and_then(|rest| rest.split_once('/'))
-            .filter(|(service, _)| self.services.contains(service));
+        let pending = split_rpc_path(path).filter(|(service, _)| self.services.contains(service));
         if let Some((service, method)) = pending {
             let status = status(
                 Code::Unimplemented,

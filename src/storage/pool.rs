@@ -9,6 +9,7 @@ use deadpool_sync::SyncWrapper;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, ConnectionError, PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use tracing::Instrument as _;
 
 use super::{DatabaseUrl, StorageError};
 
@@ -112,21 +113,41 @@ impl Database {
         &self.url
     }
 
-    /// Runs `work` with a pooled connection on a blocking thread, inside the caller's span.
+    /// Runs `work` with a pooled connection on a blocking thread, in a `db.query` client span
+    /// (a child of the caller's) that covers the wait for a connection and the work.
     pub async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StorageError> + Send + 'static,
     {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-        let span = tracing::Span::current();
-        conn.interact(move |conn| span.in_scope(|| work(conn)))
-            .await
-            .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))?
+        // Only inside a call: the readiness loop's pings would otherwise be a root trace each.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "db.query",
+                otel.kind = "client",
+                db.system.name = self.url.system_name(),
+            )
+        };
+        let in_span = span.clone();
+        async move {
+            let conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            conn.interact(move |conn| in_span.in_scope(|| work(conn)))
+                .await
+                .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))?
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The pool's size, idle connections and waiting callers (for the pool gauges).
+    pub fn pool_status(&self) -> deadpool::Status {
+        self.pool.status()
     }
 
     /// Checks that the database answers.

@@ -48,6 +48,15 @@ impl DatabaseUrl {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Self::Postgres(_))
     }
+
+    /// The OpenTelemetry `db.system.name` of the backend.
+    pub fn system_name(&self) -> &'static str {
+        if self.is_postgres() {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+    }
 }
 
 /// Never prints a Postgres password.

@@ -11,6 +11,7 @@ use mailconnect::app::Application;
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Secret, Settings};
 use mailconnect::domain::principal::{Principal, Role};
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
+use mailconnect::grpc::server::ServerSettings;
 use mailconnect::tokens::TokenKeys;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -104,6 +105,8 @@ pub fn rand_suffix() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The plaintext health-only address, when the settings asked for one.
+    pub health_addr: Option<SocketAddr>,
     pub channel: Channel,
     keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -124,6 +127,7 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             database_url: Some(Secret::new(database_url.to_owned())),
             db_max_connections: 4,
         },
+        server: ServerSettings::default(),
         migrate_on_start: true,
         default_data_center: "na1".to_owned(),
         shutdown_grace: Duration::from_secs(5),
@@ -140,12 +144,23 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts the application without waiting for readiness.
 pub async fn start_app(database: TestDatabase) -> TestApp {
+    start_app_with(database, |_| {}).await
+}
+
+/// Starts the application with test settings changed by `configure`, without waiting for
+/// readiness.
+pub async fn start_app_with(
+    database: TestDatabase,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let settings = test_settings(database.url(), data_dir.path().to_owned());
+    let mut settings = test_settings(database.url(), data_dir.path().to_owned());
+    configure(&mut settings);
     let application = Application::build(settings)
         .await
         .expect("build application");
     let addr = application.local_addr();
+    let health_addr = application.health_addr();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stopped.await;
@@ -155,6 +170,7 @@ pub async fn start_app(database: TestDatabase) -> TestApp {
         .connect_lazy();
     TestApp {
         addr,
+        health_addr,
         channel,
         keys: TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[]).unwrap(),
         shutdown: Some(shutdown),

@@ -3,5 +3,10 @@
 mod cli;
 mod directory;
 mod grpcurl;
+mod hardening;
 mod harness;
+mod packaging;
+mod process;
 mod server;
+mod shutdown;
+mod telemetry;

@@ -75,6 +75,11 @@ async fn not_serving_until_the_database_answers() {
     assert_error(&status, Code::Unavailable, "UNAVAILABLE");
     // Still not serving after the failed calls: readiness never lies.
     assert_eq!(app.health("").await.unwrap(), ServingStatus::NotServing);
+    // Liveness (what Kubernetes restarts on) does not follow the database.
+    assert_eq!(
+        app.health("liveness").await.unwrap(),
+        ServingStatus::Serving
+    );
 }
 
 /// Both backends carry the same migrations, folder for folder.

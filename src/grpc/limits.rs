@@ -1,0 +1,120 @@
+//! Global load shedding: at most N calls run in the whole server; one more is refused at once
+//! with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing, so that a client (or its load
+//! balancer) retries on a less busy replica. A slot is held until the response body ends, so
+//! streams count for as long as they are open. Health checks are never shed: Kubernetes must
+//! see the truth even under load.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+
+use super::status::status;
+use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
+
+#[derive(Clone)]
+pub struct LoadShedLayer {
+    slots: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl LoadShedLayer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadShed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    layer: LoadShedLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for LoadShed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if split_rpc_path(request.uri().path())
+            .is_some_and(|(service, _)| service == HEALTH_SERVICE)
+        {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(permit) = self.layer.slots.clone().try_acquire_owned() else {
+            let refusal = status(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "the server is at its concurrent call limit; retry with backoff",
+                HashMap::from([(
+                    "max_concurrent_calls".to_owned(),
+                    self.layer.limit.to_string(),
+                )]),
+            );
+            return Box::pin(std::future::ready(Ok(refusal.into_http())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(HoldingSlot {
+                    body,
+                    _permit: permit,
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its call's slot until it is dropped.
+struct HoldingSlot {
+    body: tonic::body::Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Body for HoldingSlot {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

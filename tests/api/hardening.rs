@@ -1,0 +1,394 @@
+//! The server's limits: global load shedding, message sizes, request timeout, TLS and mutual
+//! TLS.
+
+use std::time::Duration;
+
+use mailconnect::grpc::proto::{GetAccountRequest, UpsertAccountRequest};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+use crate::backend_tests;
+use crate::harness::{Backend, TestDatabase, assert_error, authed, start_app_with};
+
+/// With room for one call, an open stream takes the slot: the next call is refused at once
+/// with RESOURCE_EXHAUSTED, health checks still answer, and the slot frees when the stream ends.
+async fn calls_beyond_the_global_limit_are_shed(backend: Backend) {
+    let app = start_app_with(TestDatabase::create(backend), |settings| {
+        settings.server.max_concurrent_calls = 1;
+    })
+    .await;
+    app.wait_until_serving().await;
+    let token = app.platform_token();
+    let get_account = || {
+        let mut client = app.directory();
+        let request = authed(&token, GetAccountRequest { account_id: 1 });
+        async move { client.get_account(request).await }
+    };
+
+    let (requests, mut responses) = open_reflection_stream(app.channel.clone()).await;
+    list_services(&requests, &mut responses).await;
+
+    let status = get_account().await.unwrap_err();
+    let metadata = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(metadata["max_concurrent_calls"], "1");
+    assert_eq!(app.health("").await.unwrap(), ServingStatus::Serving);
+
+    drop(requests);
+    assert!(responses.next().await.is_none(), "stream ends cleanly");
+    // The slot is released when the server drops the finished stream; poll for that moment.
+    let mut last = None;
+    for _ in 0..500 {
+        match get_account().await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                last = Some(other);
+                break;
+            }
+        }
+    }
+    let status = last.expect("the slot was never released").unwrap_err();
+    assert_error(&status, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    app.stop().await;
+}
+
+/// A request larger than the configured maximum is refused without reaching the service.
+async fn oversized_requests_are_refused(backend: Backend) {
+    let app = start_app_with(TestDatabase::create(backend), |settings| {
+        settings.server.max_recv_message_size = 1024;
+    })
+    .await;
+    app.wait_until_serving().await;
+    let account = mailconnect::grpc::proto::Account {
+        id: 1,
+        sending_domains: (0..200).map(|i| format!("domain-{i}.example")).collect(),
+        ..Default::default()
+    };
+    let status = app
+        .directory()
+        .upsert_account(authed(
+            &app.platform_token(),
+            UpsertAccountRequest {
+                account: Some(account),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    let status = app
+        .directory()
+        .get_account(authed(
+            &app.platform_token(),
+            GetAccountRequest { account_id: 1 },
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::NotFound, "ACCOUNT_NOT_FOUND");
+    app.stop().await;
+}
+
+/// A call stuck behind a table lock is cut off at the request timeout (tonic answers CANCELLED,
+/// "Timeout expired") instead of holding its caller and its slot until the lock goes.
+async fn calls_longer_than_the_request_timeout_are_cut_off(backend: Backend) {
+    let database = TestDatabase::create(backend);
+    let url = database.url().to_owned();
+    let app = start_app_with(database, |settings| {
+        settings.server.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    app.wait_until_serving().await;
+    let mut lock = TableLock::take(&url);
+    let status = app
+        .directory()
+        .upsert_account(authed(
+            &app.platform_token(),
+            UpsertAccountRequest {
+                account: Some(mailconnect::grpc::proto::Account {
+                    id: 1,
+                    tier: mailconnect::grpc::proto::Tier::Professional.into(),
+                    subdomain: "acme".into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert_eq!(status.message(), "Timeout expired");
+    lock.release();
+    app.stop().await;
+}
+
+/// Holds a write lock on `accounts` from a connection of its own, so that writes wait.
+enum TableLock {
+    Postgres(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+impl TableLock {
+    fn take(url: &str) -> Self {
+        use diesel::Connection as _;
+        use diesel::connection::SimpleConnection as _;
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                conn.batch_execute("BEGIN EXCLUSIVE").unwrap();
+                Self::Sqlite(conn)
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(url).unwrap();
+                conn.batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+                    .unwrap();
+                Self::Postgres(conn)
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        use diesel::connection::SimpleConnection as _;
+        match self {
+            Self::Postgres(conn) => conn.batch_execute("ROLLBACK").unwrap(),
+            Self::Sqlite(conn) => conn.batch_execute("ROLLBACK").unwrap(),
+        }
+    }
+}
+
+backend_tests!(
+    calls_beyond_the_global_limit_are_shed,
+    oversized_requests_are_refused,
+    calls_longer_than_the_request_timeout_are_cut_off
+);
+
+pub async fn open_reflection_stream(
+    channel: Channel,
+) -> (
+    tokio::sync::mpsc::Sender<ServerReflectionRequest>,
+    tonic::Streaming<ServerReflectionResponse>,
+) {
+    let (requests, outgoing) = tokio::sync::mpsc::channel(4);
+    let responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("open reflection stream")
+        .into_inner();
+    (requests, responses)
+}
+
+/// Asks the open reflection stream for the service list and checks the answer.
+pub async fn list_services(
+    requests: &tokio::sync::mpsc::Sender<ServerReflectionRequest>,
+    responses: &mut tonic::Streaming<ServerReflectionResponse>,
+) {
+    requests
+        .send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .expect("stream open");
+    let answer = responses
+        .next()
+        .await
+        .expect("an answer")
+        .expect("answer ok");
+    assert!(
+        format!("{answer:?}").contains("mailconnect.v1.DirectoryService"),
+        "{answer:?}"
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mailconnect test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["client.mailconnect.test".into()]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        Self {
+            dir,
+            ca_pem: ca_cert.pem(),
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn configure(&self, settings: &mut mailconnect::config::Settings, mutual: bool) {
+        settings.server.tls_cert = Some(self.dir.path().join("server.pem"));
+        settings.server.tls_key = Some(self.dir.path().join("server.key"));
+        settings.server.tls_client_ca = mutual.then(|| self.dir.path().join("ca.pem"));
+    }
+
+    fn client(&self, with_certificate: bool) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if with_certificate {
+            config.identity(Identity::from_pem(&self.client_cert, &self.client_key))
+        } else {
+            config
+        }
+    }
+}
+
+async fn tls_channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy()
+}
+
+async fn health_over(channel: Channel) -> Result<ServingStatus, tonic::Status> {
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?
+        .into_inner()
+        .status())
+}
+
+/// Server TLS: a client that trusts the CA talks to it; a plaintext client gets nowhere except
+/// on the health-only port that kubelet's (plaintext) gRPC probes use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_ca() {
+    let pki = Pki::new();
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        pki.configure(settings, false);
+        settings.server.health_listen_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let channel = tls_channel(app.addr, pki.client(false)).await;
+    // Readiness depends on the database; the bound only turns a hang into a failure.
+    let mut status = health_over(channel.clone()).await;
+    for _ in 0..3000 {
+        if let Ok(ServingStatus::Serving) = status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = health_over(channel.clone()).await;
+    }
+    assert_eq!(status.unwrap(), ServingStatus::Serving);
+    assert!(
+        app.health("").await.is_err(),
+        "plaintext must not be served"
+    );
+    let health_port = Channel::from_shared(format!("http://{}", app.health_addr.unwrap()))
+        .unwrap()
+        .connect_lazy();
+    assert_eq!(
+        health_over(health_port.clone()).await.unwrap(),
+        ServingStatus::Serving
+    );
+    let directory =
+        mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient::new(
+            health_port,
+        )
+        .get_account(GetAccountRequest { account_id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        directory.code(),
+        Code::Unimplemented,
+        "only health is served there"
+    );
+    app.stop().await;
+}
+
+/// Mutual TLS: a client without a certificate is refused; one signed by the CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let pki = Pki::new();
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        pki.configure(settings, true)
+    })
+    .await;
+    let anonymous = tls_channel(app.addr, pki.client(false)).await;
+    // TLS 1.3 lets the client finish its handshake before the server checks it, so the refusal
+    // shows as a "certificate required" alert or as the connection closing: either way the
+    // transport fails and no gRPC answer comes back.
+    let refusal = health_over(anonymous).await.unwrap_err();
+    assert!(
+        std::error::Error::source(&refusal)
+            .is_some_and(|source| source.is::<tonic::transport::Error>()),
+        "{refusal:?}"
+    );
+
+    let known = tls_channel(app.addr, pki.client(true)).await;
+    assert!(
+        health_over(known).await.is_ok(),
+        "a client with a CA-signed certificate is served"
+    );
+    app.stop().await;
+}
+
+/// Wrong server settings stop `serve` with a clear error before anything is created.
+#[test]
+fn bad_server_settings_are_clear_startup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--tls-cert", missing, "--tls-key", missing],
+            format!("reading TLS certificate {missing}"),
+        ),
+        (
+            vec!["--tls-cert", missing],
+            "--tls-key <TLS_KEY>".to_owned(),
+        ),
+        (
+            vec!["--max-concurrent-calls", "0"],
+            "MAILCONNECT_MAX_CONCURRENT_CALLS must be at least 1".to_owned(),
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mailconnect"))
+            .current_dir(dir.path())
+            .env_remove("MAILCONNECT_DATABASE_URL")
+            .env_remove("MAILCONNECT_DATA_DIR")
+            .arg("serve")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("mailconnect-data").exists(),
+            "{args:?} created the data directory"
+        );
+    }
+}
