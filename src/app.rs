@@ -17,9 +17,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
+use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::unimplemented::UnimplementedLayer;
-use crate::grpc::{DirectoryApi, proto};
+use crate::grpc::{AllowlistApi, DirectoryApi, proto};
+use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::directory::DirectoryService;
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
@@ -28,13 +30,13 @@ use crate::tokens::TokenKeys;
 const PENDING_SERVICES: &[&str] = &[
     "mailconnect.v1.DomainSettingsService",
     "mailconnect.v1.InboxConnectionService",
-    "mailconnect.v1.AllowlistService",
 ];
 
 /// Services whose health follows the database.
 const SERVED_SERVICES: &[&str] = &[
     "",
     <DirectoryServiceServer<DirectoryApi<Database>> as NamedService>::NAME,
+    <AllowlistServiceServer<AllowlistApi<Database>> as NamedService>::NAME,
 ];
 
 pub struct Application {
@@ -107,8 +109,13 @@ impl Application {
         let default_data_center = self.settings.default_data_center()?;
         let directory = DirectoryApi::new(Arc::new(DirectoryService::new(
             self.database.clone(),
-            default_data_center,
+            default_data_center.clone(),
         )));
+        let allowlist_service = Arc::new(AllowlistService::new(
+            self.database.clone(),
+            default_data_center,
+        ));
+        let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
 
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
@@ -117,6 +124,8 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             let _ = stopping_tx.send(true);
+            // Streams would otherwise hold the drain open until the grace period ends.
+            allowlist_service.stop_watchers();
             for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
                 drain_reporter
                     .set_service_status(*service, ServingStatus::NotServing)
@@ -130,7 +139,11 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(DirectoryServiceServer::with_interceptor(directory, auth))
+            .add_service(DirectoryServiceServer::with_interceptor(
+                directory,
+                auth.clone(),
+            ))
+            .add_service(AllowlistServiceServer::with_interceptor(allowlist, auth))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         tokio::pin!(server);
         tokio::select! {
@@ -175,6 +188,12 @@ async fn track_readiness(
                 return Err(crate::storage::StorageError::Migration(
                     "migrations are pending: run `mailconnect migrate`".to_owned(),
                 ));
+            }
+            if migrate {
+                let published = publish_initial_lists(&database).await?;
+                if published > 0 {
+                    tracing::info!(published, "published the initial allowlists");
+                }
             }
             Ok(())
         };

@@ -1,11 +1,14 @@
 //! The transport: the only place that sees generated protobuf types. One module per service
 //! converts between proto and domain; errors become statuses in `status`.
 
+mod allowlist;
 pub mod auth;
 mod directory;
 pub mod status;
+mod timestamp;
 pub mod unimplemented;
 
+pub use allowlist::AllowlistApi;
 pub use directory::DirectoryApi;
 
 /// The generated `mailconnect.v1` messages, servers and clients.

@@ -48,7 +48,41 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    allowlist_data_centers (id) {
+        id -> Text,
+        version -> BigInt,
+        update_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    allowlist_ranges (data_center, protocol, cidr) {
+        data_center -> Text,
+        protocol -> Text,
+        cidr -> Text,
+        effective_time -> BigInt,
+        retire_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    allowlist_changes (id) {
+        id -> BigInt,
+        data_center -> Text,
+        version -> BigInt,
+        protocol -> Text,
+        publish_time -> BigInt,
+        effective_time -> BigInt,
+        added -> Text,
+        removed -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    allowlist_data_centers,
+    allowlist_ranges,
+    allowlist_changes,
     accounts,
     account_sending_domains,
     users,

@@ -15,7 +15,10 @@ use ipnet::IpNet;
 const SPECIAL_PURPOSE: &[(&str, &str)] = &[
     ("0.0.0.0/8", "\"this network\" (unspecified)"),
     ("10.0.0.0/8", "private-use (RFC 1918)"),
-    ("100.64.0.0/10", "shared address space for carrier-grade NAT (RFC 6598)"),
+    (
+        "100.64.0.0/10",
+        "shared address space for carrier-grade NAT (RFC 6598)",
+    ),
     ("127.0.0.0/8", "loopback"),
     ("169.254.0.0/16", "link-local"),
     ("172.16.0.0/12", "private-use (RFC 1918)"),
@@ -30,7 +33,10 @@ const SPECIAL_PURPOSE: &[(&str, &str)] = &[
     ("240.0.0.0/4", "reserved (including the broadcast address)"),
     ("::/128", "the unspecified address"),
     ("::1/128", "loopback"),
-    ("::ffff:0:0/96", "IPv4-mapped (write the IPv4 range instead)"),
+    (
+        "::ffff:0:0/96",
+        "IPv4-mapped (write the IPv4 range instead)",
+    ),
     ("64:ff9b::/96", "NAT64 translation"),
     ("64:ff9b:1::/48", "local-use NAT64 translation"),
     ("100::/64", "discard-only"),
@@ -59,9 +65,13 @@ fn special_purpose(network: &IpNet) -> Option<String> {
     });
     if let Some((special, what)) = overlapping {
         return Some(if special.contains(network) {
-            format!("{network} is {what} address space ({special}) and cannot be a public egress range")
+            format!(
+                "{network} is {what} address space ({special}) and cannot be a public egress range"
+            )
         } else {
-            format!("{network} includes {special}, which is {what} address space and cannot be a public egress range")
+            format!(
+                "{network} includes {special}, which is {what} address space and cannot be a public egress range"
+            )
         });
     }
     let global = net(IPV6_GLOBAL_UNICAST);
@@ -127,10 +137,22 @@ mod tests {
 
     #[test]
     fn bare_addresses_become_full_length_networks() {
-        assert_eq!(parse_entry(" 143.244.82.12 ").unwrap().to_string(), "143.244.82.12/32");
-        assert_eq!(parse_entry("2600:1f18::1").unwrap().to_string(), "2600:1f18::1/128");
-        assert_eq!(parse_entry("141.193.184.0/27").unwrap().to_string(), "141.193.184.0/27");
-        assert_eq!(parse_entry("2600:1F18::/36").unwrap().to_string(), "2600:1f18::/36");
+        assert_eq!(
+            parse_entry(" 143.244.82.12 ").unwrap().to_string(),
+            "143.244.82.12/32"
+        );
+        assert_eq!(
+            parse_entry("2600:1f18::1").unwrap().to_string(),
+            "2600:1f18::1/128"
+        );
+        assert_eq!(
+            parse_entry("141.193.184.0/27").unwrap().to_string(),
+            "141.193.184.0/27"
+        );
+        assert_eq!(
+            parse_entry("2600:1F18::/36").unwrap().to_string(),
+            "2600:1f18::/36"
+        );
     }
 
     #[test]
@@ -143,7 +165,17 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_refused() {
-        for bad in ["", "  ", "-", "1.2.3", "1.2.3.4/33", "1.2.3.4/", "1.2.3.4/x", "::1/129", "example.com"] {
+        for bad in [
+            "",
+            "  ",
+            "-",
+            "1.2.3",
+            "1.2.3.4/33",
+            "1.2.3.4/",
+            "1.2.3.4/x",
+            "::1/129",
+            "example.com",
+        ] {
             assert!(parse_entry(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_entry("-").unwrap_err().contains("placeholder"));
@@ -152,14 +184,39 @@ mod tests {
     #[test]
     fn special_purpose_ranges_are_refused() {
         for bad in [
-            "10.1.2.3", "172.16.0.0/12", "192.168.1.0/24", "127.0.0.1", "169.254.169.254", "100.64.0.1",
-            "224.0.0.1", "255.255.255.255", "0.0.0.0", "0.0.0.0/0", "192.0.2.1", "198.51.100.0/24",
-            "203.0.113.9", "198.18.0.1", "::", "::1", "::ffff:8.8.8.8", "fe80::1", "fd00::/8",
-            "ff02::1", "2001:db8::/32", "2002::/16", "64:ff9b::808:808", "::/0", "4000::/3",
+            "10.1.2.3",
+            "172.16.0.0/12",
+            "192.168.1.0/24",
+            "127.0.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "0.0.0.0/0",
+            "192.0.2.1",
+            "198.51.100.0/24",
+            "203.0.113.9",
+            "198.18.0.1",
+            "::",
+            "::1",
+            "::ffff:8.8.8.8",
+            "fe80::1",
+            "fd00::/8",
+            "ff02::1",
+            "2001:db8::/32",
+            "2002::/16",
+            "64:ff9b::808:808",
+            "::/0",
+            "4000::/3",
         ] {
             assert!(parse_entry(bad).is_err(), "{bad} accepted");
         }
-        assert!(parse_entry("10.0.0.0/8").unwrap_err().contains("private-use"));
+        assert!(
+            parse_entry("10.0.0.0/8")
+                .unwrap_err()
+                .contains("private-use")
+        );
         assert!(parse_entry("0.0.0.0/0").unwrap_err().contains("includes"));
     }
 }

@@ -69,7 +69,10 @@ pub fn aggregate(ranges: &[PublishedRange]) -> Vec<PublishedRange> {
             let first = members[0];
             merged.push(PublishedRange {
                 cidr,
-                effective_time: covered.map(|range| range.effective_time).min().unwrap_or(first.effective_time),
+                effective_time: covered
+                    .map(|range| range.effective_time)
+                    .min()
+                    .unwrap_or(first.effective_time),
                 ..first.clone()
             });
         }
@@ -108,7 +111,10 @@ pub fn render(snapshot: &AllowlistSnapshot, format: ExportFormat, aggregated: bo
 /// formats that list addresses only. `ranges` are sorted by CIDR, current before upcoming.
 fn addresses(ranges: &[PublishedRange]) -> Vec<&PublishedRange> {
     let mut seen = BTreeSet::new();
-    ranges.iter().filter(|range| seen.insert(range.cidr)).collect()
+    ranges
+        .iter()
+        .filter(|range| seen.insert(range.cidr))
+        .collect()
 }
 
 fn comment_header(snapshot: &AllowlistSnapshot) -> String {
@@ -126,7 +132,10 @@ fn upcoming_note(range: &PublishedRange) -> String {
 }
 
 fn plain(ranges: &[PublishedRange]) -> String {
-    addresses(ranges).iter().map(|range| format!("{}\n", range.cidr)).collect()
+    addresses(ranges)
+        .iter()
+        .map(|range| format!("{}\n", range.cidr))
+        .collect()
 }
 
 fn csv(ranges: &[PublishedRange]) -> String {
@@ -223,7 +232,9 @@ fn nginx(snapshot: &AllowlistSnapshot, ranges: &[PublishedRange]) -> String {
 
 fn iptables(snapshot: &AllowlistSnapshot, ranges: &[PublishedRange]) -> String {
     let mut out = comment_header(snapshot);
-    out.push_str("# Load with `iptables-restore --noflush`, then jump to MAILCONNECT from your rules.\n");
+    out.push_str(
+        "# Load with `iptables-restore --noflush`, then jump to MAILCONNECT from your rules.\n",
+    );
     out.push_str("*filter\n:MAILCONNECT - [0:0]\n");
     let (v4, v6): (Vec<_>, Vec<_>) = addresses(ranges)
         .into_iter()
@@ -260,7 +271,10 @@ fn nftables(snapshot: &AllowlistSnapshot, ranges: &[PublishedRange]) -> String {
 }
 
 fn nft_set(out: &mut String, name: &str, kind: &str, ranges: &[&PublishedRange]) {
-    let _ = writeln!(out, "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tauto-merge");
+    let _ = writeln!(
+        out,
+        "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tauto-merge"
+    );
     if !ranges.is_empty() {
         out.push_str("\t\telements = {\n");
         for range in ranges {
@@ -293,7 +307,11 @@ mod tests {
             cidr: cidr.parse().unwrap(),
             protocols: protocols.iter().copied().collect(),
             data_center: DataCenterId::parse("dc", "na1").unwrap(),
-            effective_time: if upcoming { 4_070_908_800_000_000 } else { 1_700_000_000_000_000 },
+            effective_time: if upcoming {
+                4_070_908_800_000_000
+            } else {
+                1_700_000_000_000_000
+            },
             upcoming,
         }
     }
@@ -308,8 +326,14 @@ mod tests {
             range("143.244.82.8/30", &[Protocol::Imap], false),
             range("143.244.82.16/32", &smtp, true),
         ];
-        let merged: Vec<String> = aggregate(&ranges).iter().map(|r| r.cidr.to_string()).collect();
-        assert_eq!(merged, ["143.244.82.8/30", "143.244.82.12/30", "143.244.82.16/32"]);
+        let merged: Vec<String> = aggregate(&ranges)
+            .iter()
+            .map(|r| r.cidr.to_string())
+            .collect();
+        assert_eq!(
+            merged,
+            ["143.244.82.8/30", "143.244.82.12/30", "143.244.82.16/32"]
+        );
     }
 
     #[test]

@@ -82,12 +82,20 @@ mod tests {
 
     #[test]
     fn markers_blank_lines_and_comments() {
-        let report = import_lines("# egress\n- 141.193.184.0/27\n\n* 143.244.82.12\r\n-\n143.244.82.13\n- 10.0.0.1\n-nope\n");
+        let report = import_lines(
+            "# egress\n- 141.193.184.0/27\n\n* 143.244.82.12\r\n-\n143.244.82.13\n- 10.0.0.1\n-nope\n",
+        );
         let ranges: Vec<String> = report.ranges.iter().map(ToString::to_string).collect();
-        assert_eq!(ranges, ["141.193.184.0/27", "143.244.82.12/32", "143.244.82.13/32"]);
+        assert_eq!(
+            ranges,
+            ["141.193.184.0/27", "143.244.82.12/32", "143.244.82.13/32"]
+        );
         let lines: Vec<usize> = report.problems.iter().map(|problem| problem.line).collect();
         assert_eq!(lines, [5, 7, 8]);
         assert!(report.problems[0].reason.starts_with("empty entry"));
-        assert_eq!(report.problems[0].to_string(), "line 5: \"-\": empty entry: a list marker with no address after it");
+        assert_eq!(
+            report.problems[0].to_string(),
+            "line 5: \"-\": empty entry: a list marker with no address after it"
+        );
     }
 }

@@ -78,7 +78,9 @@ mod tests {
 
     /// A deterministic pseudo-random sequence (no timing, no external crate).
     fn lcg(state: &mut u64) -> u64 {
-        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *state >> 11
     }
 
@@ -91,11 +93,15 @@ mod tests {
             let bits = lcg(&mut state);
             let cidr = if bits % 5 == 0 {
                 let address = Ipv6Addr::from(((bits as u128) << 64) | lcg(&mut state) as u128);
-                IpNet::new(IpAddr::V6(address), (16 + bits % 113) as u8).unwrap().trunc()
+                IpNet::new(IpAddr::V6(address), (16 + bits % 113) as u8)
+                    .unwrap()
+                    .trunc()
             } else {
                 // Confined to 16.0.0.0/6 so that ranges nest and collide often.
                 let address = Ipv4Addr::from(0x1000_0000 | (bits as u32 & 0x03ff_ffff));
-                IpNet::new(IpAddr::V4(address), (8 + bits % 25) as u8).unwrap().trunc()
+                IpNet::new(IpAddr::V4(address), (8 + bits % 25) as u8)
+                    .unwrap()
+                    .trunc()
             };
             records.push(record(cidr));
         }
@@ -108,26 +114,45 @@ mod tests {
             .collect();
         for _ in 0..200 {
             let bits = lcg(&mut state);
-            probes.push(IpAddr::V4(Ipv4Addr::from(0x1000_0000 | (bits as u32 & 0x03ff_ffff))));
-            probes.push(IpAddr::V6(Ipv6Addr::from(((bits as u128) << 64) | bits as u128)));
+            probes.push(IpAddr::V4(Ipv4Addr::from(
+                0x1000_0000 | (bits as u32 & 0x03ff_ffff),
+            )));
+            probes.push(IpAddr::V6(Ipv6Addr::from(
+                ((bits as u128) << 64) | bits as u128,
+            )));
         }
         let mut matched = 0;
         for probe in probes {
-            let mut expected: Vec<IpNet> =
-                records.iter().filter(|r| r.cidr.contains(&probe)).map(|r| r.cidr).collect();
+            let mut expected: Vec<IpNet> = records
+                .iter()
+                .filter(|r| r.cidr.contains(&probe))
+                .map(|r| r.cidr)
+                .collect();
             let mut actual: Vec<IpNet> = index.containing(probe).iter().map(|r| r.cidr).collect();
             expected.sort();
             actual.sort();
             assert_eq!(actual, expected, "{probe}");
             matched += usize::from(!actual.is_empty());
         }
-        assert!(matched > 500, "the probes must exercise matches, got {matched}");
+        assert!(
+            matched > 500,
+            "the probes must exercise matches, got {matched}"
+        );
     }
 
     #[test]
     fn mapped_ipv6_is_looked_up_as_ipv4() {
         let index = RangeIndex::new(vec![record("141.193.184.0/27".parse().unwrap())]);
-        assert_eq!(index.containing("::ffff:141.193.184.31".parse().unwrap()).len(), 1);
-        assert!(index.containing("::ffff:141.193.184.32".parse().unwrap()).is_empty());
+        assert_eq!(
+            index
+                .containing("::ffff:141.193.184.31".parse().unwrap())
+                .len(),
+            1
+        );
+        assert!(
+            index
+                .containing("::ffff:141.193.184.32".parse().unwrap())
+                .is_empty()
+        );
     }
 }

@@ -93,7 +93,10 @@ pub fn published_ranges(records: &[RangeRecord], now: i64) -> Vec<PublishedRange
 
 /// Parses a whole publication, naming every bad entry by its index (`ranges[3]`). Duplicates
 /// (also spelled differently: `1.2.3.4` and `1.2.3.4/32`) are merged.
-pub fn parse_ranges(field: &str, entries: &[String]) -> Result<BTreeSet<IpNet>, Vec<FieldViolation>> {
+pub fn parse_ranges(
+    field: &str,
+    entries: &[String],
+) -> Result<BTreeSet<IpNet>, Vec<FieldViolation>> {
     let mut ranges = BTreeSet::new();
     let mut violations = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
@@ -101,7 +104,9 @@ pub fn parse_ranges(field: &str, entries: &[String]) -> Result<BTreeSet<IpNet>, 
             Ok(range) => {
                 ranges.insert(range);
             }
-            Err(reason) => violations.push(FieldViolation::new(format!("{field}[{index}]"), reason)),
+            Err(reason) => {
+                violations.push(FieldViolation::new(format!("{field}[{index}]"), reason))
+            }
         }
     }
     if violations.is_empty() {
@@ -188,8 +193,14 @@ mod tests {
 
     #[test]
     fn diff_is_sorted_both_ways() {
-        let diff = Diff::between(&nets(&["1.1.1.1/32", "8.8.8.0/24"]), &nets(&["9.9.9.9/32", "1.1.1.1/32", "2600::/16"]));
-        assert_eq!(diff.added, Vec::from_iter(nets(&["9.9.9.9/32", "2600::/16"])));
+        let diff = Diff::between(
+            &nets(&["1.1.1.1/32", "8.8.8.0/24"]),
+            &nets(&["9.9.9.9/32", "1.1.1.1/32", "2600::/16"]),
+        );
+        assert_eq!(
+            diff.added,
+            Vec::from_iter(nets(&["9.9.9.9/32", "2600::/16"]))
+        );
         assert_eq!(diff.removed, Vec::from_iter(nets(&["8.8.8.0/24"])));
     }
 
@@ -223,13 +234,25 @@ mod tests {
         );
         let seen: Vec<(String, Vec<Protocol>, i64, bool)> = ranges
             .into_iter()
-            .map(|r| (r.cidr.to_string(), r.protocols.into_iter().collect(), r.effective_time, r.upcoming))
+            .map(|r| {
+                (
+                    r.cidr.to_string(),
+                    r.protocols.into_iter().collect(),
+                    r.effective_time,
+                    r.upcoming,
+                )
+            })
             .collect();
         assert_eq!(
             seen,
             [
                 ("1.1.1.1/32".into(), vec![Protocol::Smtp], 10, false),
-                ("8.8.8.0/24".into(), vec![Protocol::Smtp, Protocol::Imap], 10, false),
+                (
+                    "8.8.8.0/24".into(),
+                    vec![Protocol::Smtp, Protocol::Imap],
+                    10,
+                    false
+                ),
                 ("9.9.9.9/32".into(), vec![Protocol::Smtp], 200, true),
             ]
         );

@@ -12,19 +12,19 @@ use std::sync::{Arc, RwLock};
 use ipnet::IpNet;
 use tokio::sync::{broadcast, mpsc};
 
-pub use seed::{INITIAL_LISTS, InitialList};
+pub use seed::{INITIAL_LISTS, InitialList, publish_initial_lists};
 
 use super::ServiceError;
-use crate::domain::{FieldViolation, Violations};
 use crate::domain::allowlist::export::{AllowlistSnapshot, ExportFormat, Rendered, render};
 use crate::domain::allowlist::index::RangeIndex;
 use crate::domain::allowlist::{
-    AllowlistChange, Diff, Protocol, PublishedRange, RangeRecord, etag, etag_version,
-    parse_ranges, published_ranges,
+    AllowlistChange, Diff, Protocol, PublishedRange, RangeRecord, etag, etag_version, parse_ranges,
+    published_ranges,
 };
 use crate::domain::directory::DataCenterId;
 use crate::domain::page::{decode_token, encode_token, page_size};
 use crate::domain::principal::{Principal, Role};
+use crate::domain::{FieldViolation, Violations};
 use crate::storage::{StorageError, now_micros};
 
 /// A data center's stored list at its current version.
@@ -226,13 +226,16 @@ impl<S: AllowlistStore> AllowlistService<S> {
 
     /// Every range of any data center containing the address, current or upcoming.
     pub async fn check_address(&self, address: &str) -> Result<Vec<PublishedRange>, ServiceError> {
-        let address: IpAddr = address.trim().parse().map_err(|_| ServiceError::InvalidValue {
-            reason: "INVALID_IP_ADDRESS",
-            violations: vec![FieldViolation::new(
-                "ip_address",
-                format!("{address:?} is not an IPv4 or IPv6 address, e.g. 143.244.82.13"),
-            )],
-        })?;
+        let address: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| ServiceError::InvalidValue {
+                reason: "INVALID_IP_ADDRESS",
+                violations: vec![FieldViolation::new(
+                    "ip_address",
+                    format!("{address:?} is not an IPv4 or IPv6 address, e.g. 143.244.82.13"),
+                )],
+            })?;
         let index = self.index().await?;
         let now = now_micros();
         let matched: Vec<RangeRecord> = index
@@ -271,7 +274,10 @@ impl<S: AllowlistStore> AllowlistService<S> {
         after: i64,
     ) -> Result<i64, ServiceError> {
         if after < 0 {
-            return Err(ServiceError::invalid(field, format!("must not be negative, got {after}")));
+            return Err(ServiceError::invalid(
+                field,
+                format!("must not be negative, got {after}"),
+            ));
         }
         let current = self.store.list(data_center).await?.version;
         if after > current {
@@ -303,15 +309,18 @@ impl<S: AllowlistStore> AllowlistService<S> {
             .flatten();
         let size = violations.finish(|| size.unwrap_or_default())?;
         let after = match after {
-            Some(key) => key
-                .parse::<i64>()
-                .map_err(|_| ServiceError::invalid("page_token", "is not a page token of this list"))?,
+            Some(key) => key.parse::<i64>().map_err(|_| {
+                ServiceError::invalid("page_token", "is not a page token of this list")
+            })?,
             None => since_version,
         };
         let current_version = self
             .current_version_after(&data_center, "since_version", since_version)
             .await?;
-        let mut changes = self.store.changes_after(&data_center, after, size + 1).await?;
+        let mut changes = self
+            .store
+            .changes_after(&data_center, after, size + 1)
+            .await?;
         let next_page_token = if changes.len() > size {
             changes.truncate(size);
             changes
@@ -383,7 +392,10 @@ impl<S: AllowlistStore> AllowlistService<S> {
         let expected_version = if input.etag.is_empty() {
             None
         } else {
-            Some(etag_version(&data_center, input.etag).ok_or_else(|| stale_etag(&data_center, input.etag))?)
+            Some(
+                etag_version(&data_center, input.etag)
+                    .ok_or_else(|| stale_etag(&data_center, input.etag))?,
+            )
         };
         let now = now_micros();
         let publication = Publication {

@@ -2,12 +2,11 @@
 //! versioned files under `data/allowlist/` and published through the same importer as
 //! `mailconnect allowlist import`, the first time the database is migrated.
 
-use super::{AllowlistService, AllowlistStore, Publication, PublishOutcome};
+use super::{AllowlistStore, Publication, PublishOutcome};
 use crate::domain::allowlist::Protocol;
 use crate::domain::allowlist::import::import_lines;
 use crate::domain::directory::DataCenterId;
-use crate::service::ServiceError;
-use crate::storage::now_micros;
+use crate::storage::{StorageError, now_micros};
 
 /// One embedded list file.
 pub struct InitialList {
@@ -35,48 +34,46 @@ pub const INITIAL_LISTS: &[InitialList] = &[
 /// How often a publication that lost a race with another replica is retried.
 const ATTEMPTS: usize = 5;
 
-impl<S: AllowlistStore> AllowlistService<S> {
-    /// Publishes each initial list whose data center and protocol never had a publication, so
-    /// that an operator's later changes (even an empty list) are never overwritten. Bad lines
-    /// are logged with their number and skipped. Returns how many lists were published.
-    pub async fn publish_initial_lists(&self) -> Result<usize, ServiceError> {
-        let mut published = 0;
-        for list in INITIAL_LISTS {
-            let data_center = DataCenterId::parse("data_center", list.data_center)
-                .map_err(|error| ServiceError::Internal(error.to_string()))?;
-            let report = import_lines(list.text);
-            for problem in &report.problems {
-                tracing::warn!(file = list.path, %problem, "skipped a line of an initial allowlist");
+/// Publishes each initial list whose data center and protocol never had a publication, so that
+/// an operator's later changes (even an empty list) are never overwritten. Bad lines are logged
+/// with their number and skipped. Returns how many lists were published. Watchers learn of them
+/// by reading the database.
+pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize, StorageError> {
+    let mut published = 0;
+    for list in INITIAL_LISTS {
+        let data_center = DataCenterId::parse("data_center", list.data_center)
+            .map_err(|error| StorageError::Internal(error.to_string()))?;
+        let report = import_lines(list.text);
+        for problem in &report.problems {
+            tracing::warn!(file = list.path, %problem, "skipped a line of an initial allowlist");
+        }
+        // Another replica may publish between the check and the write: then retry the check.
+        for _ in 0..ATTEMPTS {
+            if store.has_history(&data_center, list.protocol).await? {
+                break;
             }
-            for _ in 0..ATTEMPTS {
-                if self.store.has_history(&data_center, list.protocol).await? {
+            let current = store.list(&data_center).await?.version;
+            let now = now_micros();
+            let outcome = store
+                .publish(Publication {
+                    data_center: data_center.clone(),
+                    protocol: list.protocol,
+                    ranges: report.ranges.clone(),
+                    expected_version: Some(current),
+                    effective_time: now,
+                    publish_time: now,
+                    validate_only: false,
+                })
+                .await?;
+            match outcome {
+                PublishOutcome::Stale { .. } => continue,
+                PublishOutcome::Published(_) => {
+                    published += 1;
                     break;
                 }
-                let current = self.store.list(&data_center).await?.version;
-                let now = now_micros();
-                let outcome = self
-                    .store
-                    .publish(Publication {
-                        data_center: data_center.clone(),
-                        protocol: list.protocol,
-                        ranges: report.ranges.clone(),
-                        expected_version: Some(current),
-                        effective_time: now,
-                        publish_time: now,
-                        validate_only: false,
-                    })
-                    .await?;
-                match outcome {
-                    PublishOutcome::Stale { .. } => continue,
-                    PublishOutcome::Published(change) => {
-                        published += 1;
-                        let _ = self.changes.send(change);
-                        break;
-                    }
-                    PublishOutcome::NotPublished { .. } => break,
-                }
+                PublishOutcome::NotPublished { .. } => break,
             }
         }
-        Ok(published)
     }
+    Ok(published)
 }

@@ -60,7 +60,10 @@ impl<S: AllowlistStore> AllowlistService<S> {
                 },
             };
             if read_database {
-                match self.send_stored_changes(&data_center, &mut last, &sender).await {
+                match self
+                    .send_stored_changes(&data_center, &mut last, &sender)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(error) => {
