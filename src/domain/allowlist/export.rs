@@ -276,11 +276,11 @@ fn nft_set(out: &mut String, name: &str, kind: &str, ranges: &[&PublishedRange])
         "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tauto-merge"
     );
     if !ranges.is_empty() {
-        out.push_str("\t\telements = {\n");
-        for range in ranges {
-            let _ = writeln!(out, "\t\t\t{},", range.cidr);
-        }
-        out.push_str("\t\t}\n");
+        let elements: Vec<String> = ranges
+            .iter()
+            .map(|range| format!("\t\t\t{}", range.cidr))
+            .collect();
+        let _ = writeln!(out, "\t\telements = {{\n{}\n\t\t}}", elements.join(",\n"));
     }
     out.push_str("\t}\n");
 }

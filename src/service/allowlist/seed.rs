@@ -77,3 +77,24 @@ pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize
     }
     Ok(published)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The article's lists have one empty entry ("-") on line 3 and twelve good ones each.
+    #[test]
+    fn initial_lists_report_the_empty_entry_and_keep_the_rest() {
+        for list in INITIAL_LISTS {
+            let report = import_lines(list.text);
+            let lines: Vec<(usize, &str)> = report
+                .problems
+                .iter()
+                .map(|problem| (problem.line, problem.text.as_str()))
+                .collect();
+            assert_eq!(lines, [(3, "-")], "{}", list.path);
+            assert!(report.problems[0].reason.starts_with("empty entry"));
+            assert_eq!(report.ranges.len(), 12, "{}", list.path);
+        }
+    }
+}
