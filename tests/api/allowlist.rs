@@ -7,10 +7,10 @@ use std::time::Duration;
 use mailconnect::domain::principal::Role;
 use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
 use mailconnect::grpc::proto::{
-    Account, AllowlistChange, CheckAddressRequest, CheckAddressResponse, ExportAllowlistRequest, ExportFormat,
-    GetAllowlistRequest, GetAllowlistResponse, ListAllowlistChangesRequest, Protocol,
-    PublishRangesRequest, PublishRangesResponse, Tier, UpsertAccountRequest,
-    WatchAllowlistRequest, WatchAllowlistResponse,
+    Account, AllowlistChange, CheckAddressRequest, CheckAddressResponse, ExportAllowlistRequest,
+    ExportFormat, GetAllowlistRequest, GetAllowlistResponse, ListAllowlistChangesRequest, Protocol,
+    PublishRangesRequest, PublishRangesResponse, Tier, UpsertAccountRequest, WatchAllowlistRequest,
+    WatchAllowlistResponse,
 };
 use prost_types::Timestamp;
 use tonic::transport::Channel;
@@ -68,14 +68,22 @@ fn publish_request(data_center: &str, protocol: Protocol, ranges: &[&str]) -> Pu
     }
 }
 
-async fn try_publish(app: &TestApp, request: PublishRangesRequest) -> Result<PublishRangesResponse, Status> {
+async fn try_publish(
+    app: &TestApp,
+    request: PublishRangesRequest,
+) -> Result<PublishRangesResponse, Status> {
     client(app)
         .publish_ranges(authed(&app.platform_token(), request))
         .await
         .map(tonic::Response::into_inner)
 }
 
-async fn publish(app: &TestApp, data_center: &str, protocol: Protocol, ranges: &[&str]) -> PublishRangesResponse {
+async fn publish(
+    app: &TestApp,
+    data_center: &str,
+    protocol: Protocol,
+    ranges: &[&str],
+) -> PublishRangesResponse {
     try_publish(app, publish_request(data_center, protocol, ranges))
         .await
         .expect("publish")
@@ -107,7 +115,11 @@ async fn get_as(
 }
 
 fn cidrs(response: &GetAllowlistResponse) -> Vec<&str> {
-    response.ranges.iter().map(|range| range.cidr.as_str()).collect()
+    response
+        .ranges
+        .iter()
+        .map(|range| range.cidr.as_str())
+        .collect()
 }
 
 async fn check(app: &TestApp, ip_address: &str) -> Result<CheckAddressResponse, Status> {
@@ -189,8 +201,15 @@ async fn seed_lists_come_back_exactly(backend: Backend) {
         .iter()
         .find(|range| range.cidr == "141.193.184.0/27")
         .unwrap();
-    assert_eq!(shared.protocols, [Protocol::Smtp as i32, Protocol::Imap as i32]);
-    assert!(all.ranges.iter().all(|range| !range.upcoming && range.data_center == "na1"));
+    assert_eq!(
+        shared.protocols,
+        [Protocol::Smtp as i32, Protocol::Imap as i32]
+    );
+    assert!(
+        all.ranges
+            .iter()
+            .all(|range| !range.upcoming && range.data_center == "na1")
+    );
 
     let changes = client(&app)
         .list_allowlist_changes(authed(&user, ListAllowlistChangesRequest::default()))
@@ -203,7 +222,13 @@ async fn seed_lists_come_back_exactly(backend: Backend) {
         .iter()
         .map(|change| (change.version, change.protocol, change.added.len()))
         .collect();
-    assert_eq!(versions, [(1, Protocol::Smtp as i32, 12), (2, Protocol::Imap as i32, 12)]);
+    assert_eq!(
+        versions,
+        [
+            (1, Protocol::Smtp as i32, 12),
+            (2, Protocol::Imap as i32, 12)
+        ]
+    );
     app.stop().await;
 }
 
@@ -215,7 +240,14 @@ async fn import_command_reports_bad_lines(backend: Backend) {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/allowlist/na1-smtp.txt");
     let import = |extra: &[&str]| {
         mailconnect()
-            .args(["allowlist", "import", "--data-center", "eu2", "--protocol", "smtp"])
+            .args([
+                "allowlist",
+                "import",
+                "--data-center",
+                "eu2",
+                "--protocol",
+                "smtp",
+            ])
             .args(["--database-url", app.database_url()])
             .args(extra)
             .arg(&file)
@@ -246,7 +278,10 @@ async fn import_command_reports_bad_lines(backend: Backend) {
     let stderr = String::from_utf8_lossy(&imported.stderr);
     assert!(imported.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("line 3"), "still reported: {stderr}");
-    assert!(stdout.contains("as version 1 (12 added, 0 removed)"), "{stdout}");
+    assert!(
+        stdout.contains("as version 1 (12 added, 0 removed)"),
+        "{stdout}"
+    );
     let eu2 = get(&app, "eu2", &[Protocol::Smtp]).await;
     assert_eq!(cidrs(&eu2), SEED_SMTP);
 
@@ -274,7 +309,12 @@ async fn publish_golden_dataset(app: &TestApp) {
         ],
     )
     .await;
-    let imap = ["141.193.184.0/27", "143.244.82.8", "143.244.82.9", "2600:1f18::/36"];
+    let imap = [
+        "141.193.184.0/27",
+        "143.244.82.8",
+        "143.244.82.9",
+        "2600:1f18::/36",
+    ];
     publish(app, "gold1", Protocol::Imap, &imap).await;
     let mut announced = publish_request("gold1", Protocol::Imap, &imap);
     announced.ranges.push("54.174.62.196".into());
@@ -290,10 +330,13 @@ async fn publish_golden_dataset(app: &TestApp) {
 fn normalise_times(content: &str) -> String {
     let shape = |candidate: &str, pattern: &str| {
         candidate.len() == pattern.len()
-            && candidate.chars().zip(pattern.chars()).all(|(c, p)| match p {
-                'd' => c.is_ascii_digit(),
-                other => c == other,
-            })
+            && candidate
+                .chars()
+                .zip(pattern.chars())
+                .all(|(c, p)| match p {
+                    'd' => c.is_ascii_digit(),
+                    other => c == other,
+                })
     };
     let mut out = String::new();
     let mut rest = content;
@@ -317,18 +360,29 @@ fn normalise_times(content: &str) -> String {
 
 /// Compares with `tests/golden/allowlist/NAME`; `MAILCONNECT_UPDATE_GOLDEN=1` rewrites the file.
 fn assert_golden(name: &str, content: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/allowlist").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/allowlist")
+        .join(name);
     let content = normalise_times(content);
     if std::env::var_os("MAILCONNECT_UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &content).unwrap();
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (MAILCONNECT_UPDATE_GOLDEN=1 writes it)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (MAILCONNECT_UPDATE_GOLDEN=1 writes it)",
+            path.display()
+        )
+    });
     assert_eq!(content, expected, "{name} differs from its golden file");
 }
 
-async fn export(app: &TestApp, format: ExportFormat, aggregate: bool, protocols: &[Protocol]) -> (String, String, String) {
+async fn export(
+    app: &TestApp,
+    format: ExportFormat,
+    aggregate: bool,
+    protocols: &[Protocol],
+) -> (String, String, String) {
     let response = client(app)
         .export_allowlist(authed(
             &app.platform_token(),
@@ -351,18 +405,41 @@ async fn every_export_format_matches_its_golden_file(backend: Backend) {
     let app = spawn_app(backend).await;
     publish_golden_dataset(&app).await;
     for (format, name, content_type) in [
-        (ExportFormat::Plain, "gold1.txt", "text/plain; charset=utf-8"),
+        (
+            ExportFormat::Plain,
+            "gold1.txt",
+            "text/plain; charset=utf-8",
+        ),
         (ExportFormat::Csv, "gold1.csv", "text/csv; charset=utf-8"),
         (ExportFormat::Json, "gold1.json", "application/json"),
-        (ExportFormat::Nginx, "gold1.conf", "text/plain; charset=utf-8"),
-        (ExportFormat::Iptables, "gold1.rules", "text/plain; charset=utf-8"),
-        (ExportFormat::Nftables, "gold1.nft", "text/plain; charset=utf-8"),
-        (ExportFormat::Postfix, "gold1.cidr", "text/plain; charset=utf-8"),
+        (
+            ExportFormat::Nginx,
+            "gold1.conf",
+            "text/plain; charset=utf-8",
+        ),
+        (
+            ExportFormat::Iptables,
+            "gold1.rules",
+            "text/plain; charset=utf-8",
+        ),
+        (
+            ExportFormat::Nftables,
+            "gold1.nft",
+            "text/plain; charset=utf-8",
+        ),
+        (
+            ExportFormat::Postfix,
+            "gold1.cidr",
+            "text/plain; charset=utf-8",
+        ),
     ] {
         let (content, actual_type, file_name) = export(&app, format, false, &[]).await;
         assert_eq!(actual_type, content_type, "{format:?}");
         let extension = name.rsplit('.').next().unwrap();
-        assert_eq!(file_name, format!("mailconnect-allowlist-gold1-v3.{extension}"));
+        assert_eq!(
+            file_name,
+            format!("mailconnect-allowlist-gold1-v3.{extension}")
+        );
         assert_golden(name, &content);
     }
     let (plain, ..) = export(&app, ExportFormat::Plain, true, &[]).await;
@@ -395,7 +472,10 @@ async fn json_export_parses_back_to_the_same_set(backend: Backend) {
     let mut published = BTreeSet::new();
     for range in get(&app, "gold1", &[]).await.ranges {
         for protocol in range.protocols() {
-            let service = protocol.as_str_name().trim_start_matches("PROTOCOL_").to_owned();
+            let service = protocol
+                .as_str_name()
+                .trim_start_matches("PROTOCOL_")
+                .to_owned();
             published.insert((range.cidr.clone(), service, range.upcoming));
         }
     }
@@ -414,7 +494,10 @@ async fn check_address_at_the_edges(backend: Backend) {
         let range = &response.matched_ranges[0];
         assert_eq!(range.cidr, "141.193.184.0/27");
         assert_eq!(range.data_center, "na1");
-        assert_eq!(range.protocols, [Protocol::Smtp as i32, Protocol::Imap as i32]);
+        assert_eq!(
+            range.protocols,
+            [Protocol::Smtp as i32, Protocol::Imap as i32]
+        );
         assert!(!range.upcoming);
     }
     for outside in ["141.193.183.255", "141.193.184.32", "8.8.8.8"] {
@@ -433,21 +516,44 @@ async fn check_address_at_the_edges(backend: Backend) {
         assert_eq!(response.matched_ranges[0].cidr, "2600:1f18::/36");
         assert_eq!(response.matched_ranges[0].data_center, "v6dc");
     }
-    for outside in ["2600:1f18:1000::", "2600:1f17:ffff:ffff:ffff:ffff:ffff:ffff"] {
+    for outside in [
+        "2600:1f18:1000::",
+        "2600:1f17:ffff:ffff:ffff:ffff:ffff:ffff",
+    ] {
         assert!(!check(&app, outside).await.unwrap().r#match, "{outside}");
     }
 
-    for malformed in ["141.193.184", "", "141.193.184.0/27", "not-an-ip", "2600:1f18::g"] {
+    for malformed in [
+        "141.193.184",
+        "",
+        "141.193.184.0/27",
+        "not-an-ip",
+        "2600:1f18::g",
+    ] {
         let status = check(&app, malformed).await.unwrap_err();
-        assert_eq!(bad_fields(&status, "INVALID_IP_ADDRESS"), ["ip_address"], "{malformed:?}");
+        assert_eq!(
+            bad_fields(&status, "INVALID_IP_ADDRESS"),
+            ["ip_address"],
+            "{malformed:?}"
+        );
     }
 }
 
 async fn publications_are_versioned_with_their_diff(backend: Backend) {
     let app = spawn_app(backend).await;
-    let first = publish(&app, "pub1", Protocol::Smtp, &["8.8.8.0/24", "1.1.1.1", " 1.1.1.1/32 "]).await;
+    let first = publish(
+        &app,
+        "pub1",
+        Protocol::Smtp,
+        &["8.8.8.0/24", "1.1.1.1", " 1.1.1.1/32 "],
+    )
+    .await;
     assert_eq!(first.version, 1);
-    assert_eq!(first.added, ["1.1.1.1/32", "8.8.8.0/24"], "duplicates merged");
+    assert_eq!(
+        first.added,
+        ["1.1.1.1/32", "8.8.8.0/24"],
+        "duplicates merged"
+    );
     assert!(first.removed.is_empty());
 
     let etag = get(&app, "pub1", &[]).await.etag;
@@ -466,7 +572,11 @@ async fn publications_are_versioned_with_their_diff(backend: Backend) {
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
     let mut foreign = publish_request("pub1", Protocol::Smtp, &["1.1.1.1"]);
     foreign.etag = "garbage".into();
-    assert_error(&try_publish(&app, foreign).await.unwrap_err(), Code::Aborted, "ETAG_MISMATCH");
+    assert_error(
+        &try_publish(&app, foreign).await.unwrap_err(),
+        Code::Aborted,
+        "ETAG_MISMATCH",
+    );
 
     // Another protocol of the same data center is the next version of its list.
     let third = publish(&app, "pub1", Protocol::Imap, &["9.9.9.9"]).await;
@@ -481,7 +591,10 @@ async fn publications_are_versioned_with_their_diff(backend: Backend) {
     let mut dry = publish_request("pub1", Protocol::Smtp, &["1.1.1.1"]);
     dry.validate_only = true;
     let dry = try_publish(&app, dry).await.unwrap();
-    assert_eq!((dry.version, dry.removed.as_slice()), (3, ["9.9.9.9/32".to_owned()].as_slice()));
+    assert_eq!(
+        (dry.version, dry.removed.as_slice()),
+        (3, ["9.9.9.9/32".to_owned()].as_slice())
+    );
     assert_eq!(get(&app, "pub1", &[Protocol::Smtp]).await.ranges.len(), 2);
 
     // The history, paginated.
@@ -519,21 +632,124 @@ async fn publications_are_versioned_with_their_diff(backend: Backend) {
     assert!(!page.next_page_token.is_empty());
     let rest = list(0, 2, page.next_page_token.clone()).await.unwrap();
     assert_eq!(rest.changes.len(), 1);
-    assert_eq!((rest.changes[0].version, rest.changes[0].protocol), (3, Protocol::Imap as i32));
+    assert_eq!(
+        (rest.changes[0].version, rest.changes[0].protocol),
+        (3, Protocol::Imap as i32)
+    );
     assert!(rest.next_page_token.is_empty());
     assert_eq!(list(2, 0, String::new()).await.unwrap().changes.len(), 1);
     assert!(list(3, 0, String::new()).await.unwrap().changes.is_empty());
 
     let ahead = list(4, 0, String::new()).await.unwrap_err();
     assert_error(&ahead, Code::OutOfRange, "VERSION_AHEAD");
-    assert_eq!(violated_fields(&list(-1, 0, String::new()).await.unwrap_err()), ["since_version"]);
-    assert_eq!(violated_fields(&list(0, -1, String::new()).await.unwrap_err()), ["page_size"]);
-    assert_eq!(violated_fields(&list(0, 0, "nope".into()).await.unwrap_err()), ["page_token"]);
+    assert_eq!(
+        violated_fields(&list(-1, 0, String::new()).await.unwrap_err()),
+        ["since_version"]
+    );
+    assert_eq!(
+        violated_fields(&list(0, -1, String::new()).await.unwrap_err()),
+        ["page_size"]
+    );
+    assert_eq!(
+        violated_fields(&list(0, 0, "nope".into()).await.unwrap_err()),
+        ["page_token"]
+    );
     assert_eq!(
         violated_fields(&list(1, 2, page.next_page_token).await.unwrap_err()),
         ["page_token"],
         "a token is bound to its since_version"
     );
+}
+
+/// Concurrent publications take turns: no lost update, no version twice, and of conditional
+/// publications on one etag exactly one wins.
+async fn concurrent_publications_get_distinct_versions(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tasks: Vec<_> = (1..=8_u8)
+        .map(|n| {
+            let protocol = if n % 2 == 0 {
+                Protocol::Smtp
+            } else {
+                Protocol::Imap
+            };
+            let request = publish_request("race1", protocol, &[&format!("9.9.9.{n}")]);
+            let mut client = client(&app);
+            let token = app.platform_token();
+            tokio::spawn(async move { client.publish_ranges(authed(&token, request)).await })
+        })
+        .collect();
+    let mut versions = BTreeSet::new();
+    for task in tasks {
+        versions.insert(task.await.unwrap().unwrap().into_inner().version);
+    }
+    assert_eq!(versions, (1..=8).collect::<BTreeSet<i64>>());
+    let history = client(&app)
+        .list_allowlist_changes(authed(
+            &app.platform_token(),
+            ListAllowlistChangesRequest {
+                data_center: "race1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<i64> = history
+        .changes
+        .iter()
+        .map(|change| change.version)
+        .collect();
+    assert_eq!(listed, (1..=8).collect::<Vec<i64>>());
+    // Each protocol's list is its last publication, and the diffs chain without gaps.
+    let final_list = get(&app, "race1", &[]).await;
+    assert_eq!(final_list.ranges.len(), 2);
+    for protocol in [Protocol::Smtp as i32, Protocol::Imap as i32] {
+        let mut current: BTreeSet<String> = BTreeSet::new();
+        for change in history
+            .changes
+            .iter()
+            .filter(|change| change.protocol == protocol)
+        {
+            for removed in &change.removed {
+                assert!(
+                    current.remove(removed),
+                    "removed {removed} that was not there"
+                );
+            }
+            current.extend(change.added.iter().cloned());
+        }
+        let published: BTreeSet<String> = final_list
+            .ranges
+            .iter()
+            .filter(|range| range.protocols.contains(&protocol))
+            .map(|range| range.cidr.clone())
+            .collect();
+        assert_eq!(current, published);
+    }
+
+    let etag = final_list.etag;
+    let tasks: Vec<_> = (1..=6_u8)
+        .map(|n| {
+            let mut request = publish_request("race1", Protocol::Smtp, &[&format!("8.8.8.{n}")]);
+            request.etag = etag.clone();
+            let mut client = client(&app);
+            let token = app.platform_token();
+            tokio::spawn(async move { client.publish_ranges(authed(&token, request)).await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(response) => {
+                assert_eq!(response.into_inner().version, 9);
+                won += 1;
+            }
+            Err(status) => {
+                assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
+            }
+        }
+    }
+    assert_eq!(won, 1);
 }
 
 async fn a_bad_batch_names_every_bad_index(backend: Backend) {
@@ -557,24 +773,49 @@ async fn a_bad_batch_names_every_bad_index(backend: Backend) {
     let fields = bad_fields(&status, "INVALID_CIDR");
     assert_eq!(
         fields,
-        ["ranges[1]", "ranges[2]", "ranges[3]", "ranges[4]", "ranges[5]", "ranges[6]", "ranges[7]"]
+        [
+            "ranges[1]",
+            "ranges[2]",
+            "ranges[3]",
+            "ranges[4]",
+            "ranges[5]",
+            "ranges[6]",
+            "ranges[7]"
+        ]
     );
     let violations = status.get_details_bad_request().unwrap().field_violations;
-    assert!(violations[3].description.contains("141.193.184.0/27"), "{:?}", violations[3]);
-    assert!(violations[2].description.contains("private-use"), "{:?}", violations[2]);
+    assert!(
+        violations[3].description.contains("141.193.184.0/27"),
+        "{:?}",
+        violations[3]
+    );
+    assert!(
+        violations[2].description.contains("private-use"),
+        "{:?}",
+        violations[2]
+    );
     // Nothing was published.
     assert_eq!(get(&app, "na1", &[Protocol::Smtp]).await.version, 2);
 
-    let status = try_publish(&app, publish_request("", Protocol::Unspecified, &["1.1.1.1", "-"]))
-        .await
-        .unwrap_err();
+    let status = try_publish(
+        &app,
+        publish_request("", Protocol::Unspecified, &["1.1.1.1", "-"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         bad_fields(&status, "INVALID_ARGUMENT"),
         ["data_center", "protocol", "ranges[1]"]
     );
     let mut bad_time = publish_request("bad1", Protocol::Smtp, &["1.1.1.1"]);
-    bad_time.effective_time = Some(Timestamp { seconds: 0, nanos: -5 });
-    assert_eq!(violated_fields(&try_publish(&app, bad_time).await.unwrap_err()), ["effective_time"]);
+    bad_time.effective_time = Some(Timestamp {
+        seconds: 0,
+        nanos: -5,
+    });
+    assert_eq!(
+        violated_fields(&try_publish(&app, bad_time).await.unwrap_err()),
+        ["effective_time"]
+    );
 }
 
 async fn a_watcher_receives_the_history_then_new_changes(backend: Backend) {
@@ -598,7 +839,10 @@ async fn a_watcher_receives_the_history_then_new_changes(backend: Backend) {
     host_account(&app, 5, "watch1").await;
     let mut stream = watch(0).await.unwrap();
     let history = next(&mut stream).await;
-    assert_eq!((history.version, history.added.as_slice()), (1, ["1.1.1.1/32".to_owned()].as_slice()));
+    assert_eq!(
+        (history.version, history.added.as_slice()),
+        (1, ["1.1.1.1/32".to_owned()].as_slice())
+    );
 
     publish(&app, "watch1", Protocol::Smtp, &["9.9.9.9"]).await;
     publish(&app, "other1", Protocol::Smtp, &["9.9.9.9"]).await;
@@ -610,7 +854,11 @@ async fn a_watcher_receives_the_history_then_new_changes(backend: Backend) {
     assert_eq!(live.removed, ["1.1.1.1/32"]);
     assert_eq!(live.protocol, Protocol::Smtp as i32);
     let imap = next(&mut stream).await;
-    assert_eq!((imap.version, imap.protocol), (3, Protocol::Imap as i32), "other data centers are not streamed");
+    assert_eq!(
+        (imap.version, imap.protocol),
+        (3, Protocol::Imap as i32),
+        "other data centers are not streamed"
+    );
 
     // Starting from the current version replays nothing; a later publication arrives.
     let mut from_now = watch(3).await.unwrap();
@@ -618,10 +866,20 @@ async fn a_watcher_receives_the_history_then_new_changes(backend: Backend) {
     drop(stream);
     publish(&app, "watch1", Protocol::Imap, &[]).await;
     let removal = next(&mut from_now).await;
-    assert_eq!((removal.version, removal.removed.as_slice()), (4, ["8.8.8.8/32".to_owned()].as_slice()));
+    assert_eq!(
+        (removal.version, removal.removed.as_slice()),
+        (4, ["8.8.8.8/32".to_owned()].as_slice())
+    );
 
-    assert_error(&watch(5).await.unwrap_err(), Code::OutOfRange, "VERSION_AHEAD");
-    assert_eq!(violated_fields(&watch(-1).await.unwrap_err()), ["from_version"]);
+    assert_error(
+        &watch(5).await.unwrap_err(),
+        Code::OutOfRange,
+        "VERSION_AHEAD",
+    );
+    assert_eq!(
+        violated_fields(&watch(-1).await.unwrap_err()),
+        ["from_version"]
+    );
 
     // Shutting down ends open streams with UNAVAILABLE instead of holding the drain open.
     app.stop().await;
@@ -699,7 +957,11 @@ async fn ranges_can_be_announced_in_advance(backend: Backend) {
     announce.effective_time = future;
     try_publish(&app, announce).await.unwrap();
     let list = get(&app, "adv1", &[]).await;
-    let flags: Vec<(&str, bool)> = list.ranges.iter().map(|r| (r.cidr.as_str(), r.upcoming)).collect();
+    let flags: Vec<(&str, bool)> = list
+        .ranges
+        .iter()
+        .map(|r| (r.cidr.as_str(), r.upcoming))
+        .collect();
     assert_eq!(flags, [("1.1.1.1/32", false), ("9.9.9.0/24", true)]);
     assert_eq!(list.ranges[1].effective_time, future);
 
@@ -787,7 +1049,9 @@ async fn reads_refuse_bad_filters(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["protocols[0]"]);
-    let status = get_as(&app.platform_token(), &app, "NA 1", &[]).await.unwrap_err();
+    let status = get_as(&app.platform_token(), &app, "NA 1", &[])
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&status), ["data_center"]);
 }
 
@@ -799,6 +1063,7 @@ backend_tests!(
     check_address_at_the_edges,
     publications_are_versioned_with_their_diff,
     a_bad_batch_names_every_bad_index,
+    concurrent_publications_get_distinct_versions,
     a_watcher_receives_the_history_then_new_changes,
     accounts_see_only_their_data_center,
     plain_users_cannot_publish,

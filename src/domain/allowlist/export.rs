@@ -77,7 +77,7 @@ pub fn aggregate(ranges: &[PublishedRange]) -> Vec<PublishedRange> {
             });
         }
     }
-    merged.sort_by(|a, b| (a.cidr, a.upcoming).cmp(&(b.cidr, b.upcoming)));
+    merged.sort_by_key(|range| (range.cidr, range.upcoming));
     merged
 }
 
