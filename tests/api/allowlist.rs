@@ -291,6 +291,28 @@ async fn import_command_reports_bad_lines(backend: Backend) {
     assert_eq!(change.added, SEED_SMTP);
 }
 
+/// Migrating again publishes nothing: an operator's publication (even an empty list) stays.
+async fn initial_lists_are_published_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cleared = publish(&app, "na1", Protocol::Smtp, &[]).await;
+    assert_eq!((cleared.version, cleared.removed.len()), (3, 12));
+    let migrated = mailconnect()
+        .args(["migrate", "--database-url", app.database_url()])
+        .output()
+        .expect("run mailconnect");
+    let stdout = String::from_utf8_lossy(&migrated.stdout);
+    assert!(
+        migrated.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(stdout.contains("applied 0 migration(s)"), "{stdout}");
+    assert!(!stdout.contains("initial allowlist"), "{stdout}");
+    let smtp = get(&app, "na1", &[Protocol::Smtp]).await;
+    assert_eq!(smtp.version, 3);
+    assert!(smtp.ranges.is_empty());
+}
+
 /// A dataset for the golden files: SMTP and IMAP sharing ranges, an IPv6 range, and an upcoming
 /// IMAP range announced for 2099.
 async fn publish_golden_dataset(app: &TestApp) {
@@ -1058,6 +1080,7 @@ async fn reads_refuse_bad_filters(backend: Backend) {
 backend_tests!(
     seed_lists_come_back_exactly,
     import_command_reports_bad_lines,
+    initial_lists_are_published_once,
     every_export_format_matches_its_golden_file,
     json_export_parses_back_to_the_same_set,
     check_address_at_the_edges,

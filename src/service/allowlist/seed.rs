@@ -43,13 +43,16 @@ pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize
     for list in INITIAL_LISTS {
         let data_center = DataCenterId::parse("data_center", list.data_center)
             .map_err(|error| StorageError::Internal(error.to_string()))?;
+        if store.has_history(&data_center, list.protocol).await? {
+            continue;
+        }
         let report = import_lines(list.text);
         for problem in &report.problems {
             tracing::warn!(file = list.path, %problem, "skipped a line of an initial allowlist");
         }
-        // Another replica may publish between the check and the write: then retry the check.
-        for _ in 0..ATTEMPTS {
-            if store.has_history(&data_center, list.protocol).await? {
+        // Another replica may publish first: then the history check decides again.
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 && store.has_history(&data_center, list.protocol).await? {
                 break;
             }
             let current = store.list(&data_center).await?.version;
