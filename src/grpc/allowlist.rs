@@ -239,8 +239,7 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
             .effective_time
             .as_ref()
             .map(|time| timestamp::from_proto("effective_time", time))
-            .transpose()
-            .map_err(ServiceError::from)?;
+            .transpose();
         let published = self
             .service
             .publish(

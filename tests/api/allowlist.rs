@@ -829,14 +829,14 @@ async fn a_bad_batch_names_every_bad_index(backend: Backend) {
         bad_fields(&status, "INVALID_ARGUMENT"),
         ["data_center", "protocol", "ranges[1]"]
     );
-    let mut bad_time = publish_request("bad1", Protocol::Smtp, &["1.1.1.1"]);
+    let mut bad_time = publish_request("bad1", Protocol::Smtp, &["1.1.1.1", "-"]);
     bad_time.effective_time = Some(Timestamp {
         seconds: 0,
         nanos: -5,
     });
     assert_eq!(
         violated_fields(&try_publish(&app, bad_time).await.unwrap_err()),
-        ["effective_time"]
+        ["ranges[1]", "effective_time"]
     );
 }
 

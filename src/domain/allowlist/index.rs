@@ -76,12 +76,12 @@ mod tests {
         *state >> 11
     }
 
-    /// The index agrees with a linear scan on 20k mixed, nested and overlapping ranges.
+    /// The index agrees with a linear scan on 100k mixed, nested and overlapping ranges.
     #[test]
     fn agrees_with_a_linear_scan_on_many_ranges() {
         let mut state = 42;
         let mut records = Vec::new();
-        for _ in 0..20_000 {
+        for _ in 0..100_000 {
             let bits = lcg(&mut state);
             let cidr = if bits.is_multiple_of(5) {
                 let address = Ipv6Addr::from(((bits as u128) << 64) | lcg(&mut state) as u128);
@@ -100,10 +100,10 @@ mod tests {
         let index = RangeIndex::new(records.clone());
         let mut probes: Vec<IpAddr> = records
             .iter()
-            .step_by(50)
+            .step_by(500)
             .flat_map(|record| [record.cidr.network(), record.cidr.broadcast()])
             .collect();
-        for _ in 0..200 {
+        for _ in 0..100 {
             let bits = lcg(&mut state);
             probes.push(IpAddr::V4(Ipv4Addr::from(
                 0x1000_0000 | (bits as u32 & 0x03ff_ffff),
@@ -126,7 +126,7 @@ mod tests {
             matched += usize::from(!actual.is_empty());
         }
         assert!(
-            matched > 500,
+            matched > 300,
             "the probes must exercise matches, got {matched}"
         );
     }

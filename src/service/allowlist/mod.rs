@@ -115,8 +115,9 @@ pub struct PublishInput<'a> {
     pub protocol: Option<Protocol>,
     pub ranges: &'a [String],
     pub etag: &'a str,
-    /// UTC microseconds; `None` means now.
-    pub effective_time: Option<i64>,
+    /// UTC microseconds; `None` means now. The transport's conversion may have failed already:
+    /// its violation is reported with the others.
+    pub effective_time: Result<Option<i64>, FieldViolation>,
     pub validate_only: bool,
 }
 
@@ -238,12 +239,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
             })?;
         let index = self.index().await?;
         let now = now_micros();
-        let matched: Vec<RangeRecord> = index
-            .containing(address)
-            .into_iter()
-            .filter(|record| record.listed_at(now))
-            .cloned()
-            .collect();
+        let matched: Vec<RangeRecord> = index.containing(address).into_iter().cloned().collect();
         let mut ranges = published_ranges(&matched, now);
         ranges.sort_by(|a, b| (&a.data_center, a.cidr).cmp(&(&b.data_center, b.cidr)));
         Ok(ranges)
@@ -374,8 +370,12 @@ impl<S: AllowlistStore> AllowlistService<S> {
         let ranges = parse_ranges("ranges", input.ranges)
             .map_err(|bad| violations.extend(bad))
             .ok();
-        let (Some(data_center), Some(protocol), Some(ranges)) =
-            (data_center, input.protocol, ranges)
+        let effective_time = input
+            .effective_time
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        let (Some(data_center), Some(protocol), Some(ranges), Some(effective_time)) =
+            (data_center, input.protocol, ranges, effective_time)
         else {
             // The contract's reason for bad entries, when they are all that is wrong.
             return Err(
@@ -403,7 +403,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
             protocol,
             ranges,
             expected_version,
-            effective_time: input.effective_time.unwrap_or(now).max(now),
+            effective_time: effective_time.unwrap_or(now).max(now),
             publish_time: now,
             validate_only: input.validate_only,
         };
