@@ -279,6 +279,12 @@ impl AllowlistStore for Database {
         .await
     }
 
+    async fn version(&self, data_center: &DataCenterId) -> Result<i64, StorageError> {
+        let id = data_center.as_str().to_owned();
+        self.run(move |conn| Ok(current_version(conn, &id)?.0))
+            .await
+    }
+
     async fn list(&self, data_center: &DataCenterId) -> Result<StoredList, StorageError> {
         let id = data_center.as_str().to_owned();
         self.run(move |conn| {

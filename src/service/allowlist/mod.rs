@@ -71,6 +71,11 @@ pub trait AllowlistStore: Send + Sync + 'static {
         &self,
         account_id: i64,
     ) -> impl Future<Output = Result<Option<DataCenterId>, StorageError>> + Send;
+    /// A data center's current version (0 if it was never published to).
+    fn version(
+        &self,
+        data_center: &DataCenterId,
+    ) -> impl Future<Output = Result<i64, StorageError>> + Send;
     /// One data center's list, read consistently with its version.
     fn list(
         &self,
@@ -262,20 +267,15 @@ impl<S: AllowlistStore> AllowlistService<S> {
         Ok(index)
     }
 
-    /// Checks a `since_version`/`from_version` against the data center's current version.
+    /// Checks a (non-negative) `since_version`/`from_version` against the data center's current
+    /// version, and returns the latter.
     async fn current_version_after(
         &self,
         data_center: &DataCenterId,
         field: &str,
         after: i64,
     ) -> Result<i64, ServiceError> {
-        if after < 0 {
-            return Err(ServiceError::invalid(
-                field,
-                format!("must not be negative, got {after}"),
-            ));
-        }
-        let current = self.store.list(data_center).await?.version;
+        let current = self.store.version(data_center).await?;
         if after > current {
             return Err(ServiceError::OutOfRange {
                 reason: "VERSION_AHEAD",
@@ -299,6 +299,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
         let data_center = self.data_center_for(principal, data_center).await?;
         let filter = format!("changes:{}:{since_version}", data_center.as_str());
         let mut violations = Violations::new();
+        violations.check(non_negative("since_version", since_version));
         let size = violations.check(page_size("page_size", page_size_requested));
         let after = violations
             .check(decode_token("page_token", page_token, &filter))
@@ -341,6 +342,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
         data_center: &str,
         from_version: i64,
     ) -> Result<mpsc::Receiver<Result<AllowlistChange, ServiceError>>, ServiceError> {
+        non_negative("from_version", from_version)?;
         let data_center = self.data_center_for(principal, data_center).await?;
         // Subscribe before reading the history, so that nothing published in between is lost.
         let live = self.changes.subscribe();
@@ -468,6 +470,17 @@ impl<S: AllowlistStore> AllowlistService<S> {
             "",
         )
         .await
+    }
+}
+
+fn non_negative(field: &str, value: i64) -> Result<i64, FieldViolation> {
+    if value >= 0 {
+        Ok(value)
+    } else {
+        Err(FieldViolation::new(
+            field,
+            format!("must not be negative, got {value}"),
+        ))
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize
             if attempt > 0 && store.has_history(&data_center, list.protocol).await? {
                 break;
             }
-            let current = store.list(&data_center).await?.version;
+            let current = store.version(&data_center).await?;
             let now = now_micros();
             let outcome = store
                 .publish(Publication {
