@@ -21,9 +21,11 @@ use crate::grpc::drain::DrainWatchesLayer;
 use crate::grpc::health_port;
 use crate::grpc::limits::LoadShedLayer;
 use crate::grpc::observe::RpcTelemetryLayer;
+use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::unimplemented::UnimplementedLayer;
-use crate::grpc::{DirectoryApi, LIVENESS_SERVICE, proto};
+use crate::grpc::{AllowlistApi, DirectoryApi, LIVENESS_SERVICE, proto};
+use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::directory::DirectoryService;
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
@@ -32,13 +34,13 @@ use crate::tokens::TokenKeys;
 const PENDING_SERVICES: &[&str] = &[
     "mailconnect.v1.DomainSettingsService",
     "mailconnect.v1.InboxConnectionService",
-    "mailconnect.v1.AllowlistService",
 ];
 
 /// Services whose health follows the database.
 const SERVED_SERVICES: &[&str] = &[
     "",
     <DirectoryServiceServer<DirectoryApi<Database>> as NamedService>::NAME,
+    <AllowlistServiceServer<AllowlistApi<Database>> as NamedService>::NAME,
 ];
 
 pub struct Application {
@@ -128,8 +130,13 @@ impl Application {
         let default_data_center = self.settings.default_data_center()?;
         let directory = DirectoryApi::new(Arc::new(DirectoryService::new(
             self.database.clone(),
-            default_data_center,
+            default_data_center.clone(),
         )));
+        let allowlist_service = Arc::new(AllowlistService::new(
+            self.database.clone(),
+            default_data_center,
+        ));
+        let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
 
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
@@ -139,6 +146,8 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             let _ = stopping_tx.send(true);
+            // Streams would otherwise hold the drain open until the grace period ends.
+            allowlist_service.stop_watchers();
             for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
                 drain_reporter
                     .set_service_status(*service, ServingStatus::NotServing)
@@ -165,6 +174,12 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
                 DirectoryServiceServer::new(directory)
+                    .max_decoding_message_size(limits.max_recv_message_size)
+                    .max_encoding_message_size(limits.max_send_message_size),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                AllowlistServiceServer::new(allowlist)
                     .max_decoding_message_size(limits.max_recv_message_size)
                     .max_encoding_message_size(limits.max_send_message_size),
                 auth,
@@ -216,6 +231,12 @@ async fn track_readiness(
                 return Err(crate::storage::StorageError::Migration(
                     "migrations are pending: run `mailconnect migrate`".to_owned(),
                 ));
+            }
+            if migrate {
+                let published = publish_initial_lists(&database).await?;
+                if published > 0 {
+                    tracing::info!(published, "published the initial allowlists");
+                }
             }
             Ok(())
         };

@@ -2,6 +2,7 @@
 //! egress IPs customers must allow, as a gRPC service.
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod grpc;

@@ -1,12 +1,14 @@
-//! The `mailconnect` command: serve, migrate, mint development tokens.
+//! The `mailconnect` command: serve, migrate, mint development tokens, manage allowlists.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mailconnect::app::Application;
+use mailconnect::commands::{self, allowlist::AllowlistCommand};
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::service::allowlist::publish_initial_lists;
 use mailconnect::storage::Database;
 
 #[derive(Parser)]
@@ -29,6 +31,11 @@ enum Command {
     },
     /// Mint a development token signed with the configured (or development) secret.
     Token(TokenArgs),
+    /// Manage the egress IP allowlists.
+    Allowlist {
+        #[command(subcommand)]
+        command: AllowlistCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
             Command::Serve(settings) => serve(*settings).await,
             Command::Migrate { keys, database } => migrate(keys, database).await,
             Command::Token(args) => token(args),
+            Command::Allowlist { command } => commands::allowlist::run(command).await,
         }
     });
     match result {
@@ -122,7 +130,8 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
          export TOKEN='{token}'\n\
          {grpcurl} -plaintext {addr} list\n\
          {grpcurl} -plaintext {addr} describe mailconnect.v1.DirectoryService\n\
-         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n",
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"format\": \"EXPORT_FORMAT_NGINX\"}}' {addr} mailconnect.v1.AllowlistService/ExportAllowlist\n",
         dir = keys.data_dir.display(),
     );
     Ok(())
@@ -168,6 +177,10 @@ async fn migrate(keys: KeySettings, database: DatabaseSettings) -> anyhow::Resul
         let database = Database::new(url, 1)?;
         let applied = database.migrate().await?;
         println!("applied {applied} migration(s) to {}", database.url());
+        let published = publish_initial_lists(&database).await?;
+        if published > 0 {
+            println!("published {published} initial allowlist(s)");
+        }
         Ok(())
     }
     .await;

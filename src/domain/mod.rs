@@ -1,6 +1,7 @@
 //! The vocabulary of mailconnect: types that can only be built by parsing, and the product's rules.
 //! Nothing here does I/O.
 
+pub mod allowlist;
 pub mod directory;
 pub mod domain_name;
 pub mod domain_settings;

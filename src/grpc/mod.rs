@@ -1,6 +1,7 @@
 //! The transport: the only place that sees generated protobuf types. One module per service
 //! converts between proto and domain; errors become statuses in `status`.
 
+mod allowlist;
 pub mod auth;
 mod directory;
 mod domain_settings;
@@ -11,8 +12,10 @@ pub mod observe;
 pub mod probe_report;
 pub mod server;
 pub mod status;
+mod timestamp;
 pub mod unimplemented;
 
+pub use allowlist::AllowlistApi;
 pub use directory::DirectoryApi;
 pub use domain_settings::DomainSettingsApi;
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::domain::FieldViolation;
 use crate::service::ServiceError;
 
 /// The `ErrorInfo.domain` of every error this service returns.
@@ -26,17 +27,24 @@ pub fn status(
     )
 }
 
+/// INVALID_ARGUMENT with a BadRequest violation per field.
+fn bad_request(reason: &str, message: String, violations: Vec<FieldViolation>) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    for violation in violations {
+        details.add_bad_request_violation(violation.field, violation.description);
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         let message = error.to_string();
         match error {
             ServiceError::InvalidArgument(violations) => {
-                let mut details =
-                    ErrorDetails::with_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
-                for violation in violations {
-                    details.add_bad_request_violation(violation.field, violation.description);
-                }
-                Status::with_error_details(Code::InvalidArgument, message, details)
+                bad_request("INVALID_ARGUMENT", message, violations)
+            }
+            ServiceError::InvalidValue { reason, violations } => {
+                bad_request(reason, message, violations)
             }
             ServiceError::NotFound { reason, .. } => {
                 status(Code::NotFound, reason, message, HashMap::new())
@@ -77,6 +85,9 @@ impl From<ServiceError> for Status {
             }
             ServiceError::ResourceExhausted { reason, .. } => {
                 status(Code::ResourceExhausted, reason, message, HashMap::new())
+            }
+            ServiceError::OutOfRange { reason, .. } => {
+                status(Code::OutOfRange, reason, message, HashMap::new())
             }
             ServiceError::Unavailable(_) => {
                 status(Code::Unavailable, "UNAVAILABLE", message, HashMap::new())

@@ -16,6 +16,12 @@ pub enum ServiceError {
     /// The request is malformed; every bad field is named.
     #[error("invalid request: {}", summarize(.0))]
     InvalidArgument(Vec<FieldViolation>),
+    /// Like `InvalidArgument`, where the contract names a more precise reason (`INVALID_CIDR`).
+    #[error("invalid request: {}", summarize(.violations))]
+    InvalidValue {
+        reason: &'static str,
+        violations: Vec<FieldViolation>,
+    },
     /// No (visible) resource of that name.
     #[error("{message}")]
     NotFound {
@@ -60,6 +66,12 @@ pub enum ServiceError {
     /// A capacity or rate limit refused the call; retry later.
     #[error("{message}")]
     ResourceExhausted {
+        reason: &'static str,
+        message: String,
+    },
+    /// A position beyond the end of a sequence (a version newer than the current one).
+    #[error("{message}")]
+    OutOfRange {
         reason: &'static str,
         message: String,
     },

@@ -1,6 +1,7 @@
 //! Use cases. Each module holds one, depends on traits for what it stores or calls, and knows
 //! nothing of protobuf.
 
+pub mod allowlist;
 pub mod directory;
 pub mod domain_settings;
 mod error;

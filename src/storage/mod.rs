@@ -3,6 +3,7 @@
 //! This is the only module that sees Diesel. Diesel is synchronous: every query runs on the pool's
 //! blocking threads through [`Database::run`], never on a runtime thread.
 
+pub mod allowlist;
 pub mod directory;
 pub mod domain_settings;
 mod pool;

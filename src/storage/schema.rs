@@ -63,12 +63,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    allowlist_data_centers (id) {
+        id -> Text,
+        version -> BigInt,
+        update_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     domain_settings_requests (account_id, request_id) {
         account_id -> BigInt,
         request_id -> Text,
         domain -> Text,
         response -> Text,
         create_time -> BigInt,
+    }
+}
+
+diesel::table! {
+    allowlist_ranges (data_center, protocol, cidr) {
+        data_center -> Text,
+        protocol -> Text,
+        cidr -> Text,
+        effective_time -> BigInt,
+        retire_time -> Nullable<BigInt>,
     }
 }
 
@@ -82,7 +100,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    allowlist_changes (id) {
+        id -> BigInt,
+        data_center -> Text,
+        version -> BigInt,
+        protocol -> Text,
+        publish_time -> BigInt,
+        effective_time -> BigInt,
+        added -> Text,
+        removed -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    allowlist_data_centers,
+    allowlist_ranges,
+    allowlist_changes,
     accounts,
     account_sending_domains,
     users,

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-fn mailconnect() -> Command {
+pub fn mailconnect() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mailconnect"));
     // The tests' own environment must not configure the binary.
     for (key, _) in std::env::vars() {

@@ -111,7 +111,7 @@ pub struct TestApp {
     keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _database: TestDatabase,
+    database: TestDatabase,
     _data_dir: tempfile::TempDir,
 }
 
@@ -175,7 +175,7 @@ pub async fn start_app_with(
         keys: TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[]).unwrap(),
         shutdown: Some(shutdown),
         server: Some(server),
-        _database: database,
+        database,
         _data_dir: data_dir,
     }
 }
@@ -224,6 +224,11 @@ impl TestApp {
             user_id: Some(user_id),
             roles: roles.to_vec(),
         })
+    }
+
+    /// The URL of the test's database, for commands run beside the server.
+    pub fn database_url(&self) -> &str {
+        self.database.url()
     }
 
     pub fn directory(&self) -> DirectoryServiceClient<Channel> {

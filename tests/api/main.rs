@@ -1,5 +1,6 @@
 //! The integration tests: the real server over real gRPC, on Postgres and on SQLite.
 
+mod allowlist;
 mod cli;
 mod directory;
 mod grpcurl;

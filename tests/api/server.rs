@@ -25,7 +25,6 @@ async fn pending_services_name_the_method(backend: Backend) {
     let token = app.user_token(1, 1, &[]);
     for path in [
         "/mailconnect.v1.DomainSettingsService/GetDomainSettings",
-        "/mailconnect.v1.AllowlistService/CheckAddress",
         "/mailconnect.v1.InboxConnectionService/ListInboxes",
     ] {
         let mut grpc = tonic::client::Grpc::new(app.channel.clone());

@@ -1,0 +1,3 @@
+//! Subcommands of the `mailconnect` binary beyond serving, kept out of `main.rs`.
+
+pub mod allowlist;

@@ -1,0 +1,149 @@
+//! The lookup behind CheckAddress: which stored ranges contain an address, fast with 100k ranges.
+//!
+//! CIDRs either nest or are disjoint, so the ranges containing an address are exactly those
+//! whose network equals the address truncated to their prefix length. The index keeps one hash
+//! map per prefix length present, so a lookup costs at most 33 (IPv4) or 129 (IPv6) hash probes
+//! whatever the number of ranges.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::RangeRecord;
+
+#[derive(Debug, Default)]
+pub struct RangeIndex {
+    records: Vec<RangeRecord>,
+    /// (is IPv6, prefix length) → network → positions in `records`.
+    by_prefix: BTreeMap<(bool, u8), HashMap<IpNet, Vec<usize>>>,
+}
+
+impl RangeIndex {
+    pub fn new(records: Vec<RangeRecord>) -> Self {
+        let mut by_prefix: BTreeMap<(bool, u8), HashMap<IpNet, Vec<usize>>> = BTreeMap::new();
+        for (position, record) in records.iter().enumerate() {
+            by_prefix
+                .entry((record.cidr.addr().is_ipv6(), record.cidr.prefix_len()))
+                .or_default()
+                .entry(record.cidr)
+                .or_default()
+                .push(position);
+        }
+        Self { records, by_prefix }
+    }
+
+    /// Every stored range containing `address` (IPv4-mapped IPv6 is looked up as IPv4).
+    pub fn containing(&self, address: IpAddr) -> Vec<&RangeRecord> {
+        let address = address.to_canonical();
+        let family = address.is_ipv6();
+        let mut found = Vec::new();
+        for (&(_, prefix), networks) in self.by_prefix.range((family, 0)..=(family, u8::MAX)) {
+            let Ok(network) = IpNet::new(address, prefix) else {
+                continue;
+            };
+            if let Some(positions) = networks.get(&network.trunc()) {
+                found.extend(positions.iter().map(|&position| &self.records[position]));
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::domain::allowlist::Protocol;
+    use crate::domain::directory::DataCenterId;
+
+    fn record(cidr: IpNet) -> RangeRecord {
+        RangeRecord {
+            data_center: DataCenterId::parse("dc", "na1").unwrap(),
+            protocol: Protocol::Smtp,
+            cidr,
+            effective_time: 0,
+            retire_time: None,
+        }
+    }
+
+    /// A deterministic pseudo-random sequence (no timing, no external crate).
+    fn lcg(state: &mut u64) -> u64 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *state >> 11
+    }
+
+    /// The index agrees with a linear scan on 100k mixed, nested and overlapping ranges.
+    #[test]
+    fn agrees_with_a_linear_scan_on_many_ranges() {
+        let mut state = 42;
+        let mut records = Vec::new();
+        for _ in 0..100_000 {
+            let bits = lcg(&mut state);
+            let cidr = if bits.is_multiple_of(5) {
+                let address = Ipv6Addr::from(((bits as u128) << 64) | lcg(&mut state) as u128);
+                IpNet::new(IpAddr::V6(address), (16 + bits % 113) as u8)
+                    .unwrap()
+                    .trunc()
+            } else {
+                // Confined to 16.0.0.0/6 so that ranges nest and collide often.
+                let address = Ipv4Addr::from(0x1000_0000 | (bits as u32 & 0x03ff_ffff));
+                IpNet::new(IpAddr::V4(address), (8 + bits % 25) as u8)
+                    .unwrap()
+                    .trunc()
+            };
+            records.push(record(cidr));
+        }
+        let index = RangeIndex::new(records.clone());
+        let mut probes: Vec<IpAddr> = records
+            .iter()
+            .step_by(500)
+            .flat_map(|record| [record.cidr.network(), record.cidr.broadcast()])
+            .collect();
+        for _ in 0..100 {
+            let bits = lcg(&mut state);
+            probes.push(IpAddr::V4(Ipv4Addr::from(
+                0x1000_0000 | (bits as u32 & 0x03ff_ffff),
+            )));
+            probes.push(IpAddr::V6(Ipv6Addr::from(
+                ((bits as u128) << 64) | bits as u128,
+            )));
+        }
+        let mut matched = 0;
+        for probe in probes {
+            let mut expected: Vec<IpNet> = records
+                .iter()
+                .filter(|r| r.cidr.contains(&probe))
+                .map(|r| r.cidr)
+                .collect();
+            let mut actual: Vec<IpNet> = index.containing(probe).iter().map(|r| r.cidr).collect();
+            expected.sort();
+            actual.sort();
+            assert_eq!(actual, expected, "{probe}");
+            matched += usize::from(!actual.is_empty());
+        }
+        assert!(
+            matched > 300,
+            "the probes must exercise matches, got {matched}"
+        );
+    }
+
+    #[test]
+    fn mapped_ipv6_is_looked_up_as_ipv4() {
+        let index = RangeIndex::new(vec![record("141.193.184.0/27".parse().unwrap())]);
+        assert_eq!(
+            index
+                .containing("::ffff:141.193.184.31".parse().unwrap())
+                .len(),
+            1
+        );
+        assert!(
+            index
+                .containing("::ffff:141.193.184.32".parse().unwrap())
+                .is_empty()
+        );
+    }
+}
