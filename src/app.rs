@@ -18,12 +18,12 @@ use tonic_health::server::HealthReporter;
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
 use crate::grpc::drain::DrainWatchesLayer;
+use crate::grpc::gate::{GateLayer, Readiness};
 use crate::grpc::health_port;
 use crate::grpc::limits::LoadShedLayer;
 use crate::grpc::observe::RpcTelemetryLayer;
 use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
-use crate::grpc::unimplemented::UnimplementedLayer;
 use crate::grpc::{AllowlistApi, DirectoryApi, LIVENESS_SERVICE, proto};
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::directory::DirectoryService;
@@ -110,10 +110,12 @@ impl Application {
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
         let (stopping_tx, stopping) = watch::channel(false);
+        let readiness = Readiness::default();
         tokio::spawn(track_readiness(
             self.database.clone(),
             self.settings.migrate_on_start,
             reporter.clone(),
+            readiness.clone(),
             stopping.clone(),
         ));
 
@@ -167,7 +169,7 @@ impl Application {
             .layer(RpcTelemetryLayer::new())
             .layer(DrainWatchesLayer::new(watches_end))
             .layer(LoadShedLayer::new(limits.max_concurrent_calls))
-            .layer(UnimplementedLayer::new(PENDING_SERVICES));
+            .layer(GateLayer::new(PENDING_SERVICES, readiness));
         let server = server
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -208,6 +210,7 @@ async fn track_readiness(
     database: Database,
     migrate: bool,
     reporter: HealthReporter,
+    readiness: Readiness,
     stopping: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -258,6 +261,7 @@ async fn track_readiness(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+        readiness.set(ready);
         if *stopping.borrow() {
             return;
         }

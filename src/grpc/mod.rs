@@ -6,6 +6,7 @@ pub mod auth;
 mod directory;
 mod domain_settings;
 pub mod drain;
+pub mod gate;
 pub mod health_port;
 pub mod limits;
 pub mod observe;
@@ -13,7 +14,6 @@ pub mod probe_report;
 pub mod server;
 pub mod status;
 mod timestamp;
-pub mod unimplemented;
 
 pub use allowlist::AllowlistApi;
 pub use directory::DirectoryApi;

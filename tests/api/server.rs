@@ -71,7 +71,7 @@ async fn not_serving_until_the_database_answers() {
         ))
         .await
         .unwrap_err();
-    assert_error(&status, Code::Unavailable, "UNAVAILABLE");
+    assert_error(&status, Code::Unavailable, "NOT_READY");
     // Still not serving after the failed calls: readiness never lies.
     assert_eq!(app.health("").await.unwrap(), ServingStatus::NotServing);
     // Liveness (what Kubernetes restarts on) does not follow the database.
@@ -173,11 +173,12 @@ async fn public_keys_verify_tokens_from_an_identity_provider() {
     let request = mailconnect::grpc::proto::UpsertAccountRequest {
         account: Some(account),
     };
-    // Readiness is asynchronous: retry while the database is being migrated.
+    // Until the database is migrated the call is UNAVAILABLE (NOT_READY), never an internal error.
     let mut result = client.upsert_account(authed(&token, request.clone())).await;
     for _ in 0..3000 {
         match &result {
             Err(status) if status.code() == Code::Unavailable => {
+                assert_error(status, Code::Unavailable, "NOT_READY");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 result = client.upsert_account(authed(&token, request.clone())).await;
             }

@@ -1,0 +1,109 @@
+//! Answers `mailconnect.v1` calls that cannot be served before they reach a service:
+//! UNIMPLEMENTED (naming the method) for services declared in the contract but not built yet, and
+//! UNAVAILABLE while the database is not ready (not reachable or not migrated), instead of letting
+//! them fail inside with an internal error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tonic::{Code, Status};
+
+use super::status::status;
+use super::{BoxFuture, split_rpc_path};
+
+/// The package whose calls need the database.
+const PACKAGE_PREFIX: &str = "mailconnect.v1.";
+
+/// Whether the database is ready; set by the readiness tracker, read on every call.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Layer over the whole router; `pending` are fully-qualified service names.
+#[derive(Clone)]
+pub struct GateLayer {
+    pending: Arc<[&'static str]>,
+    readiness: Readiness,
+}
+
+impl GateLayer {
+    pub fn new(pending: &[&'static str], readiness: Readiness) -> Self {
+        Self {
+            pending: pending.into(),
+            readiness,
+        }
+    }
+
+    /// The early answer for `service/method`, if any.
+    fn answer(&self, service: &str, method: &str) -> Option<Status> {
+        if self.pending.contains(&service) {
+            return Some(status(
+                Code::Unimplemented,
+                "NOT_IMPLEMENTED",
+                format!("{service}/{method} is not implemented yet"),
+                HashMap::from([("method".to_owned(), format!("{service}/{method}"))]),
+            ));
+        }
+        if service.starts_with(PACKAGE_PREFIX) && !self.readiness.is_ready() {
+            return Some(status(
+                Code::Unavailable,
+                "NOT_READY",
+                "the service is starting or has lost its database; retry with backoff",
+                HashMap::new(),
+            ));
+        }
+        None
+    }
+}
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Gate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    layer: GateLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = split_rpc_path(request.uri().path())
+            .and_then(|(service, method)| self.layer.answer(service, method));
+        match answer {
+            Some(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            None => Box::pin(self.inner.call(request)),
+        }
+    }
+}
