@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod probe;
 pub mod service;
 pub mod storage;
 pub mod telemetry;

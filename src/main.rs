@@ -1,4 +1,4 @@
-//! The `mailconnect` command: serve, migrate, mint development tokens.
+//! The `mailconnect` command: serve, migrate, mint development tokens, probe a mail server.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mailconnect::app::Application;
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::probe::cli::ProbeArgs;
 use mailconnect::storage::Database;
 
 #[derive(Parser)]
@@ -29,6 +30,9 @@ enum Command {
     },
     /// Mint a development token signed with the configured (or development) secret.
     Token(TokenArgs),
+    /// Check that an IMAP, SMTP or Exchange server answers, as the service would before accepting
+    /// it: imap://host:993, smtps://host:465, https://host/EWS/Exchange.asmx, …
+    Probe(Box<ProbeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -70,14 +74,17 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Serve(settings) => serve(*settings).await,
             Command::Migrate { keys, database } => migrate(keys, database).await,
             Command::Token(args) => token(args),
-        }
+            // The probe's exit status says whether the server works.
+            Command::Probe(args) => return Ok(mailconnect::probe::cli::run(*args).await),
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
