@@ -183,9 +183,14 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
             CertificateError::Revoked => "has been revoked",
             _ => "was rejected",
         };
+        // Exchange settings have no such flag: there the URL's server must change.
+        let field = match protocol {
+            ProbeProtocol::Exchange => FieldRef::Url,
+            ProbeProtocol::Imap | ProbeProtocol::Smtp => FieldRef::AllowInsecureCertificate,
+        };
         return Failure::failed(
             format!("the server's certificate {problem}{subject}: {reason:?}"),
-            FieldRef::AllowInsecureCertificate,
+            field,
             format!(
                 "the certificate {problem}: install a certificate from a public authority on the \
                  server, or turn on allow_insecure_certificate (\"Allow non-secure certificate\", \

@@ -2,6 +2,11 @@
 
 mod cli;
 mod directory;
+mod fault_servers;
 mod grpcurl;
 mod harness;
+mod mail_servers;
+mod probe;
+mod probe_cli;
+mod probe_guard;
 mod server;
