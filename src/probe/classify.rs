@@ -60,8 +60,12 @@ pub fn refused(refusal: Refusal) -> Failure {
         Refusal::Address(..) => FieldRef::Host,
     };
     let hint = match refusal {
-        Refusal::Port(_) => "use the mail server's public port (IMAP 993 or 143, SMTP 465, 587 or 25, HTTPS 443)",
-        Refusal::Address(..) => "use the mail server's public host name: private, loopback, link-local and other internal addresses are never reached",
+        Refusal::Port(_) => {
+            "use the mail server's public port (IMAP 993 or 143, SMTP 465, 587 or 25, HTTPS 443)"
+        }
+        Refusal::Address(..) => {
+            "use the mail server's public host name: private, loopback, link-local and other internal addresses are never reached"
+        }
     };
     Failure::failed(refusal.to_string(), field, hint).with_outcome(ProbeOutcome::Blocked)
 }
@@ -172,7 +176,9 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
             .map(|info| format!(" (subject {}, issuer {})", info.subject, info.issuer))
             .unwrap_or_default();
         let problem = match reason {
-            CertificateError::UnknownIssuer => "is not signed by a trusted authority (self-signed or private CA)",
+            CertificateError::UnknownIssuer => {
+                "is not signed by a trusted authority (self-signed or private CA)"
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "has expired",
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "is not valid yet"

@@ -49,7 +49,9 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     };
-    let report = Probe::from_settings(&args.settings).run(request, None).await;
+    let report = Probe::from_settings(&args.settings)
+        .run(request, None)
+        .await;
     if args.json {
         match serde_json::to_string_pretty(&JsonReport::from(&report)) {
             Ok(json) => println!("{json}"),
@@ -87,7 +89,9 @@ fn request(args: &ProbeArgs) -> Result<ProbeRequest, String> {
             return Err(format!("{scheme}:// URLs have no path: {:?}", args.url));
         }
         if implicit && args.starttls {
-            return Err(format!("{scheme}:// is implicit TLS; --starttls needs imap:// or smtp://"));
+            return Err(format!(
+                "{scheme}:// is implicit TLS; --starttls needs imap:// or smtp://"
+            ));
         }
         let port = uri.port_u16().unwrap_or(default_port);
         let security = if implicit {
@@ -183,7 +187,10 @@ fn human(report: &ProbeReport) -> String {
             stage.detail
         ));
         if !stage.server_reply.is_empty() {
-            out.push_str(&format!("  {:<24} server said: {}\n", "", stage.server_reply));
+            out.push_str(&format!(
+                "  {:<24} server said: {}\n",
+                "", stage.server_reply
+            ));
         }
     }
     if let Some(tls) = &report.tls {
@@ -205,7 +212,10 @@ fn human(report: &ProbeReport) -> String {
         ));
     }
     if !report.capabilities.is_empty() {
-        out.push_str(&format!("Capabilities: {}\n", report.capabilities.join(" ")));
+        out.push_str(&format!(
+            "Capabilities: {}\n",
+            report.capabilities.join(" ")
+        ));
     }
     if !report.auth_mechanisms.is_empty() {
         out.push_str(&format!(

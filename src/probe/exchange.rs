@@ -50,7 +50,12 @@ struct Answer {
 impl Answer {
     fn summary(&self) -> String {
         let mut summary = format!("HTTP {}", self.status);
-        for name in [WWW_AUTHENTICATE.as_str(), LOCATION.as_str(), "ms-diagnostics-public", "x-ms-diagnostics"] {
+        for name in [
+            WWW_AUTHENTICATE.as_str(),
+            LOCATION.as_str(),
+            "ms-diagnostics-public",
+            "x-ms-diagnostics",
+        ] {
             let values: Vec<&str> = self
                 .headers
                 .get_all(name)
@@ -78,8 +83,11 @@ impl Answer {
         for value in self.headers.get_all(WWW_AUTHENTICATE) {
             let Ok(value) = value.to_str() else { continue };
             for challenge in value.split(',') {
-                let Some(scheme) = challenge.split_whitespace().next() else { continue };
-                if !scheme.contains('=') && !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+                let Some(scheme) = challenge.split_whitespace().next() else {
+                    continue;
+                };
+                if !scheme.contains('=') && !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+                {
                     schemes.push(scheme.to_owned());
                 }
             }
@@ -98,8 +106,14 @@ pub async fn probe<C: Connector>(
         .ok()
         .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
     else {
-        let failure = Failure::failed(format!("{url} is not an https:// URL"), FieldRef::Url, URL_HINT);
-        return run.stage("url", async { Err::<Passed<()>, _>(failure) }).await;
+        let failure = Failure::failed(
+            format!("{url} is not an https:// URL"),
+            FieldRef::Url,
+            URL_HINT,
+        );
+        return run
+            .stage("url", async { Err::<Passed<()>, _>(failure) })
+            .await;
     };
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
@@ -150,7 +164,10 @@ pub async fn probe<C: Connector>(
                 }
                 StatusCode::UNAUTHORIZED => Err(classify::login_refused(answer.summary())),
                 _ => Err(Failure::failed(
-                    format!("unexpected answer to the credentials: HTTP {}", answer.status),
+                    format!(
+                        "unexpected answer to the credentials: HTTP {}",
+                        answer.status
+                    ),
                     FieldRef::Url,
                     URL_HINT,
                 )
@@ -174,7 +191,11 @@ fn judge(answer: &Answer) -> Result<Passed<Vec<String>>, Failure> {
         let modern_only = schemes.iter().all(|s| s.eq_ignore_ascii_case("Bearer"));
         let mut detail = format!(
             "EWS answered and asks for authentication ({})",
-            if schemes.is_empty() { "no scheme named".to_owned() } else { schemes.join(", ") }
+            if schemes.is_empty() {
+                "no scheme named".to_owned()
+            } else {
+                schemes.join(", ")
+            }
         );
         if let Some(diagnostics) = diagnostics {
             detail.push_str(&format!("; server diagnostics: {diagnostics}"));
@@ -189,8 +210,10 @@ fn judge(answer: &Answer) -> Result<Passed<Vec<String>>, Failure> {
             .header(CONTENT_TYPE.as_str())
             .is_some_and(|content_type| content_type.contains("xml"));
         return if xml {
-            Ok(Passed::new(Vec::new(), "EWS answered without asking for authentication")
-                .with_reply(summary))
+            Ok(
+                Passed::new(Vec::new(), "EWS answered without asking for authentication")
+                    .with_reply(summary),
+            )
         } else {
             Err(Failure::failed(
                 format!("the URL answers with a web page, not EWS (HTTP {status})"),
@@ -240,7 +263,10 @@ async fn post(
         .uri(path)
         .header(HOST, authority)
         .header(CONTENT_TYPE, "text/xml; charset=utf-8")
-        .header(USER_AGENT, concat!("mailconnect-probe/", env!("CARGO_PKG_VERSION")));
+        .header(
+            USER_AGENT,
+            concat!("mailconnect-probe/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(credentials) = credentials {
         let token = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",

@@ -32,7 +32,9 @@ pub async fn probe<C: Connector>(
         .await?;
     let mut capabilities = run.stage("capabilities", capability(&mut client)).await?;
     if security == Security::StartTls {
-        let offered = capabilities.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS"));
+        let offered = capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("STARTTLS"));
         run.stage("starttls", async {
             if !offered {
                 return Err(Failure::failed(
@@ -74,7 +76,10 @@ pub async fn probe<C: Connector>(
             .iter()
             .any(|c| c.eq_ignore_ascii_case("LOGINDISABLED"));
         let mut session = run
-            .stage("login", login(client, &credentials, &mechanisms, logindisabled))
+            .stage(
+                "login",
+                login(client, &credentials, &mechanisms, logindisabled),
+            )
             .await?;
         run.stage("logout", async {
             session
@@ -109,11 +114,17 @@ async fn greeting(
         Response::Data {
             status: status @ (Status::Ok | Status::PreAuth),
             outcome,
-        } => Ok(Passed::new((), "IMAP greeting received").with_reply(format!(
-            "* {} {}",
-            if *status == Status::Ok { "OK" } else { "PREAUTH" },
-            outcome.information.as_deref().unwrap_or_default()
-        ))),
+        } => Ok(
+            Passed::new((), "IMAP greeting received").with_reply(format!(
+                "* {} {}",
+                if *status == Status::Ok {
+                    "OK"
+                } else {
+                    "PREAUTH"
+                },
+                outcome.information.as_deref().unwrap_or_default()
+            )),
+        ),
         Response::Data {
             status: Status::Bye,
             outcome,
@@ -158,8 +169,11 @@ async fn capability(client: &mut ImapClient) -> Result<Passed<Vec<String>>, Fail
         ));
     }
     let listed = capabilities.join(" ");
-    Ok(Passed::new(capabilities, format!("{} capabilities", listed.split(' ').count()))
-        .with_reply(format!("* CAPABILITY {listed}")))
+    Ok(Passed::new(
+        capabilities,
+        format!("{} capabilities", listed.split(' ').count()),
+    )
+    .with_reply(format!("* CAPABILITY {listed}")))
 }
 
 /// LOGIN, or AUTHENTICATE PLAIN when the server offers it.
@@ -175,7 +189,10 @@ async fn login(
         let authenticator = PlainAuthenticator {
             response: format!("\0{}\0{password}", credentials.username),
         };
-        (client.authenticate("PLAIN", authenticator).await, "AUTHENTICATE PLAIN")
+        (
+            client.authenticate("PLAIN", authenticator).await,
+            "AUTHENTICATE PLAIN",
+        )
     } else if login_disabled {
         return Err(classify::mechanism_unsupported(mechanisms));
     } else {

@@ -66,7 +66,11 @@ impl<C: Connector> Probe<C> {
     }
 
     /// Runs one probe without admission control (the command line runs exactly one).
-    pub async fn run(&self, request: ProbeRequest, caller_deadline: Option<Instant>) -> ProbeReport {
+    pub async fn run(
+        &self,
+        request: ProbeRequest,
+        caller_deadline: Option<Instant>,
+    ) -> ProbeReport {
         let plan = plan(&request);
         let mut run = ProbeRun::new(&request, self.budget, caller_deadline, plan);
         // A failed stage is recorded in the run; the report says which and why.

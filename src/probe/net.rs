@@ -30,20 +30,20 @@ const DENIED_RANGES: &[&str] = &[
     "224.0.0.0/4",     // multicast
     "240.0.0.0/4",     // reserved, incl. broadcast
     // IPv6
-    "::/128",          // unspecified
-    "::1/128",         // loopback
-    "::/96",           // IPv4-compatible (deprecated)
-    "64:ff9b:1::/48",  // local-use NAT64
-    "100::/64",        // discard
-    "2001:2::/48",     // benchmarking
-    "2001:10::/28",    // ORCHID
-    "2001:20::/28",    // ORCHIDv2
-    "2001:db8::/32",   // documentation
-    "3fff::/20",       // documentation
-    "fc00::/7",        // unique local, incl. fd00:ec2::254 (cloud metadata)
-    "fe80::/10",       // link-local
-    "fec0::/10",       // site-local (deprecated)
-    "ff00::/8",        // multicast
+    "::/128",         // unspecified
+    "::1/128",        // loopback
+    "::/96",          // IPv4-compatible (deprecated)
+    "64:ff9b:1::/48", // local-use NAT64
+    "100::/64",       // discard
+    "2001:2::/48",    // benchmarking
+    "2001:10::/28",   // ORCHID
+    "2001:20::/28",   // ORCHIDv2
+    "2001:db8::/32",  // documentation
+    "3fff::/20",      // documentation
+    "fc00::/7",       // unique local, incl. fd00:ec2::254 (cloud metadata)
+    "fe80::/10",      // link-local
+    "fec0::/10",      // site-local (deprecated)
+    "ff00::/8",       // multicast
 ];
 
 /// Why the guard refused a destination. Nothing was sent when this is returned.

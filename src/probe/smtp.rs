@@ -43,7 +43,9 @@ pub async fn probe<C: Connector>(
         .await?;
     let mut extensions = run.stage("ehlo", ehlo(&mut connection, &client_id)).await?;
     if server.security == Security::StartTls {
-        let offered = extensions.iter().any(|line| line.eq_ignore_ascii_case("STARTTLS"));
+        let offered = extensions
+            .iter()
+            .any(|line| line.eq_ignore_ascii_case("STARTTLS"));
         run.stage("starttls", async {
             if !offered {
                 return Err(Failure::failed(
@@ -72,7 +74,10 @@ pub async fn probe<C: Connector>(
     }
     run.auth_mechanisms = extensions
         .iter()
-        .filter_map(|line| line.strip_prefix("AUTH ").or_else(|| line.strip_prefix("AUTH=")))
+        .filter_map(|line| {
+            line.strip_prefix("AUTH ")
+                .or_else(|| line.strip_prefix("AUTH="))
+        })
         .flat_map(|mechanisms| mechanisms.split_whitespace().map(str::to_owned))
         .collect();
     run.capabilities = extensions;
@@ -176,7 +181,10 @@ async fn login(
     if reply.has_code(235) {
         Ok(Passed::new((), format!("AUTH {mechanism} accepted")).with_reply(reply_text(&reply)))
     } else {
-        Err(smtp_error("AUTH", &format!("unexpected reply {}", reply_text(&reply))))
+        Err(smtp_error(
+            "AUTH",
+            &format!("unexpected reply {}", reply_text(&reply)),
+        ))
     }
 }
 

@@ -28,7 +28,9 @@ struct TranscriptState {
 
 impl Transcript {
     fn state(&self) -> MutexGuard<'_, TranscriptState> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn record(&self, received: &[u8]) {
@@ -180,7 +182,9 @@ impl Lent {
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<ProbeStream>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn with<T>(

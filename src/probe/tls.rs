@@ -11,7 +11,9 @@ use rustls::client::{WebPkiServerVerifier, verify_server_name};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -54,9 +56,10 @@ impl TlsClient {
 
     pub fn with_roots(roots: RootCertStore) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .expect("a verifier over a non-empty or empty root store always builds");
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .expect("a verifier over a non-empty or empty root store always builds");
         Self { provider, verifier }
     }
 
@@ -248,7 +251,9 @@ fn describe(
                 .iter()
                 .filter_map(|name| match name {
                     GeneralName::DNSName(dns) => Some(format!("DNS:{dns}")),
-                    GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(|ip| format!("IP:{ip}")),
+                    GeneralName::IPAddress(bytes) => {
+                        ip_from_bytes(bytes).map(|ip| format!("IP:{ip}"))
+                    }
                     _ => None,
                 })
                 .collect();

@@ -112,9 +112,10 @@ pub struct FakeEws {
 impl FakeEws {
     pub async fn start(certificate: &TestCertificate) -> Self {
         use rustls::pki_types::pem::PemObject as _;
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+        let certs =
+            rustls::pki_types::CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
             .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -192,7 +193,11 @@ async fn serve_ews<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
                 &["Location: https://login.example.com/adfs/ls/?wa=wsignin1.0"],
                 "",
             ),
-            _ => reply("404 Not Found", &["Content-Type: text/html"], "<h1>Not Found</h1>"),
+            _ => reply(
+                "404 Not Found",
+                &["Content-Type: text/html"],
+                "<h1>Not Found</h1>",
+            ),
         };
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;

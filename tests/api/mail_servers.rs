@@ -94,7 +94,11 @@ impl TestCertificate {
         let generated =
             rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
                 .unwrap();
-        Self::write(dir, generated.cert.pem(), generated.signing_key.serialize_pem())
+        Self::write(
+            dir,
+            generated.cert.pem(),
+            generated.signing_key.serialize_pem(),
+        )
     }
 
     fn write(dir: &Path, cert_pem: String, key_pem: String) -> Self {
@@ -131,9 +135,13 @@ impl TestCa {
     /// A certificate for these names, signed by this authority.
     pub fn issue(&self, dir: &Path, names: &[&str]) -> TestCertificate {
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
-                .unwrap();
+        let mut params = CertificateParams::new(
+            names
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TestCertificate::write(dir, cert.pem(), key.serialize_pem())
@@ -150,7 +158,14 @@ impl TestCa {
 fn unprivileged(program: &str) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
-        command.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", program]);
+        command.args([
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            program,
+        ]);
         command
     } else {
         Command::new(program)
@@ -178,7 +193,10 @@ pub struct Dovecot {
 impl Dovecot {
     /// Starts Dovecot, or returns None (skip) when it is not installed outside CI.
     pub fn start() -> Option<Self> {
-        if !require(Path::new(DOVECOT), "the IMAP probe tests (apt install dovecot-imapd)") {
+        if !require(
+            Path::new(DOVECOT),
+            "the IMAP probe tests (apt install dovecot-imapd)",
+        ) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -5,17 +5,15 @@ use std::time::Duration;
 
 use mailconnect::config::{ProbeSettings, Secret};
 use mailconnect::domain::probe::{
-    ProbeContext, ProbeCredentials, ProbeOutcome, ProbeReport, ProbeRequest, ProbeTarget,
-    Security, ServerEndpoint,
+    ProbeContext, ProbeCredentials, ProbeOutcome, ProbeReport, ProbeRequest, ProbeTarget, Security,
+    ServerEndpoint,
 };
 use mailconnect::probe::Probe;
 use mailconnect::probe::tls::TlsClient;
 use mailconnect::service::probing::Prober as _;
 
-use crate::fault_servers::{Fault, FaultServer, FakeEws, refused_port};
-use crate::mail_servers::{
-    Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, probe_settings,
-};
+use crate::fault_servers::{FakeEws, Fault, FaultServer, refused_port};
+use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, probe_settings};
 
 const IMAP_FIELD: &str = "domain_settings.imap.imap_server";
 const SMTP_FIELD: &str = "domain_settings.imap.smtp_server";
@@ -99,29 +97,62 @@ fn impatient(ports: &[u16]) -> ProbeSettings {
 
 #[tokio::test]
 async fn imaps_with_an_allowed_self_signed_certificate_logs_in_and_reports_it() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
-        imap(dovecot.imaps_port, Security::ImplicitTls, true, Some(PASSWORD)),
+        imap(
+            dovecot.imaps_port,
+            Security::ImplicitTls,
+            true,
+            Some(PASSWORD),
+        ),
     )
     .await;
     // Works, with a warning: the certificate is accepted only because the admin allowed it.
     assert_eq!(report.outcome, ProbeOutcome::Warning, "{report:#?}");
     assert_eq!(stage(&report, "tls"), ProbeOutcome::Warning);
-    for name in ["resolve", "connect", "greeting", "capabilities", "login", "logout"] {
-        assert_eq!(stage(&report, name), ProbeOutcome::Ok, "{name}: {report:#?}");
+    for name in [
+        "resolve",
+        "connect",
+        "greeting",
+        "capabilities",
+        "login",
+        "logout",
+    ] {
+        assert_eq!(
+            stage(&report, name),
+            ProbeOutcome::Ok,
+            "{name}: {report:#?}"
+        );
     }
     let tls = report.tls.as_ref().expect("TLS info");
     assert!(tls.version.starts_with("TLSv1."), "{tls:?}");
     assert!(!tls.cipher.is_empty());
     assert!(tls.subject.contains("rcgen"), "{tls:?}");
-    assert!(tls.self_signed && !tls.chain_trusted && tls.hostname_matches, "{tls:?}");
-    assert!(tls.subject_alt_names.contains(&"IP:127.0.0.1".to_owned()), "{tls:?}");
+    assert!(
+        tls.self_signed && !tls.chain_trusted && tls.hostname_matches,
+        "{tls:?}"
+    );
+    assert!(
+        tls.subject_alt_names.contains(&"IP:127.0.0.1".to_owned()),
+        "{tls:?}"
+    );
     assert!(tls.not_after.is_some());
-    assert!(report.capabilities.iter().any(|c| c == "IMAP4rev1"), "{report:#?}");
-    assert!(report.auth_mechanisms.iter().any(|m| m == "PLAIN"), "{report:#?}");
-    assert_eq!(report.connected_address, format!("127.0.0.1:{}", dovecot.imaps_port));
+    assert!(
+        report.capabilities.iter().any(|c| c == "IMAP4rev1"),
+        "{report:#?}"
+    );
+    assert!(
+        report.auth_mechanisms.iter().any(|m| m == "PLAIN"),
+        "{report:#?}"
+    );
+    assert_eq!(
+        report.connected_address,
+        format!("127.0.0.1:{}", dovecot.imaps_port)
+    );
     assert!(report.field.is_empty() && report.hint.is_empty());
     let greeting = report.stages.iter().find(|s| s.name == "greeting").unwrap();
     assert!(greeting.server_reply.contains("OK"), "{greeting:?}");
@@ -129,7 +160,9 @@ async fn imaps_with_an_allowed_self_signed_certificate_logs_in_and_reports_it() 
 
 #[tokio::test]
 async fn a_self_signed_certificate_fails_without_allow_insecure_certificate() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -139,16 +172,28 @@ async fn a_self_signed_certificate_fails_without_allow_insecure_certificate() {
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     assert_eq!(stage(&report, "tls"), ProbeOutcome::Failed);
     assert_eq!(stage(&report, "greeting"), ProbeOutcome::Skipped);
-    assert_eq!(report.field, "domain_settings.imap.allow_insecure_certificate");
-    assert!(report.hint.contains("allow_insecure_certificate"), "{}", report.hint);
+    assert_eq!(
+        report.field,
+        "domain_settings.imap.allow_insecure_certificate"
+    );
+    assert!(
+        report.hint.contains("allow_insecure_certificate"),
+        "{}",
+        report.hint
+    );
     // The certificate is described even though it was refused.
-    let tls = report.tls.as_ref().expect("the refused certificate is described");
+    let tls = report
+        .tls
+        .as_ref()
+        .expect("the refused certificate is described");
     assert!(tls.self_signed && !tls.chain_trusted, "{tls:?}");
 }
 
 #[tokio::test]
 async fn imap_starttls_upgrades_and_logs_in() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = probe_settings(&[dovecot.imap_port]);
     let report = run(
         &settings,
@@ -156,8 +201,18 @@ async fn imap_starttls_upgrades_and_logs_in() {
     )
     .await;
     assert!(report.outcome.is_success(), "{report:#?}");
-    for name in ["greeting", "capabilities", "starttls", "capabilities_after_tls", "login"] {
-        assert_eq!(stage(&report, name), ProbeOutcome::Ok, "{name}: {report:#?}");
+    for name in [
+        "greeting",
+        "capabilities",
+        "starttls",
+        "capabilities_after_tls",
+        "login",
+    ] {
+        assert_eq!(
+            stage(&report, name),
+            ProbeOutcome::Ok,
+            "{name}: {report:#?}"
+        );
     }
     assert_eq!(stage(&report, "tls"), ProbeOutcome::Warning);
     assert!(report.tls.is_some());
@@ -165,11 +220,18 @@ async fn imap_starttls_upgrades_and_logs_in() {
 
 #[tokio::test]
 async fn a_wrong_imap_password_names_the_password_field() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
-        imap(dovecot.imaps_port, Security::ImplicitTls, true, Some("wrong")),
+        imap(
+            dovecot.imaps_port,
+            Security::ImplicitTls,
+            true,
+            Some("wrong"),
+        ),
     )
     .await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
@@ -181,7 +243,9 @@ async fn a_wrong_imap_password_names_the_password_field() {
 
 #[tokio::test]
 async fn starttls_on_the_implicit_tls_port_gives_the_mismatch_hint() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = impatient(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -196,7 +260,9 @@ async fn starttls_on_the_implicit_tls_port_gives_the_mismatch_hint() {
 
 #[tokio::test]
 async fn implicit_tls_on_the_starttls_port_gives_the_mismatch_hint() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let settings = probe_settings(&[dovecot.imap_port]);
     let report = run(
         &settings,
@@ -215,34 +281,72 @@ async fn implicit_tls_on_the_starttls_port_gives_the_mismatch_hint() {
 
 #[tokio::test]
 async fn smtp_starttls_offers_auth_after_tls_and_logs_in() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else { return };
+    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
+        return;
+    };
     let settings = probe_settings(&[server.port]);
-    let report = run(&settings, smtp(server.port, Security::StartTls, Some(PASSWORD))).await;
+    let report = run(
+        &settings,
+        smtp(server.port, Security::StartTls, Some(PASSWORD)),
+    )
+    .await;
     assert!(report.outcome.is_success(), "{report:#?}");
-    for name in ["greeting", "ehlo", "starttls", "ehlo_after_tls", "login", "quit"] {
-        assert_eq!(stage(&report, name), ProbeOutcome::Ok, "{name}: {report:#?}");
+    for name in [
+        "greeting",
+        "ehlo",
+        "starttls",
+        "ehlo_after_tls",
+        "login",
+        "quit",
+    ] {
+        assert_eq!(
+            stage(&report, name),
+            ProbeOutcome::Ok,
+            "{name}: {report:#?}"
+        );
     }
-    assert!(report.capabilities.iter().any(|c| c.starts_with("AUTH")), "{report:#?}");
-    assert!(report.auth_mechanisms.iter().any(|m| m == "PLAIN"), "{report:#?}");
+    assert!(
+        report.capabilities.iter().any(|c| c.starts_with("AUTH")),
+        "{report:#?}"
+    );
+    assert!(
+        report.auth_mechanisms.iter().any(|m| m == "PLAIN"),
+        "{report:#?}"
+    );
     assert!(report.tls.as_ref().is_some_and(|tls| tls.self_signed));
 }
 
 #[tokio::test]
 async fn smtp_implicit_tls_logs_in() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else { return };
+    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else {
+        return;
+    };
     let settings = probe_settings(&[server.port]);
-    let report = run(&settings, smtp(server.port, Security::ImplicitTls, Some(PASSWORD))).await;
+    let report = run(
+        &settings,
+        smtp(server.port, Security::ImplicitTls, Some(PASSWORD)),
+    )
+    .await;
     assert!(report.outcome.is_success(), "{report:#?}");
     assert_eq!(stage(&report, "tls"), ProbeOutcome::Warning);
     assert_eq!(stage(&report, "login"), ProbeOutcome::Ok);
-    assert!(report.auth_mechanisms.iter().any(|m| m == "LOGIN"), "{report:#?}");
+    assert!(
+        report.auth_mechanisms.iter().any(|m| m == "LOGIN"),
+        "{report:#?}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_smtp_password_names_the_password_field() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else { return };
+    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
+        return;
+    };
     let settings = probe_settings(&[server.port]);
-    let report = run(&settings, smtp(server.port, Security::StartTls, Some("wrong"))).await;
+    let report = run(
+        &settings,
+        smtp(server.port, Security::StartTls, Some("wrong")),
+    )
+    .await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     assert_eq!(stage(&report, "login"), ProbeOutcome::Failed);
     assert_eq!(report.field, "credentials.password");
@@ -250,19 +354,26 @@ async fn a_wrong_smtp_password_names_the_password_field() {
 
 #[tokio::test]
 async fn implicit_tls_on_an_smtp_starttls_port_gives_the_mismatch_hint() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else { return };
+    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
+        return;
+    };
     let settings = probe_settings(&[server.port]);
     let report = run(&settings, smtp(server.port, Security::ImplicitTls, None)).await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     assert_eq!(failed_stage(&report).name, "tls");
-    assert!(failed_stage(&report).server_reply.contains("220"), "{report:#?}");
+    assert!(
+        failed_stage(&report).server_reply.contains("220"),
+        "{report:#?}"
+    );
     assert_eq!(report.field, "domain_settings.imap.smtp_server.security");
     assert!(report.hint.contains("STARTTLS"), "{}", report.hint);
 }
 
 #[tokio::test]
 async fn starttls_on_an_smtp_implicit_tls_port_gives_the_mismatch_hint() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else { return };
+    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else {
+        return;
+    };
     let settings = impatient(&[server.port]);
     let report = run(&settings, smtp(server.port, Security::StartTls, None)).await;
     assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");
@@ -274,7 +385,11 @@ async fn starttls_on_an_smtp_implicit_tls_port_gives_the_mismatch_hint() {
 // ---- Exchange Web Services against a look-alike ----
 
 /// The EWS look-alike with a certificate from a test CA the probe trusts.
-async fn ews() -> (FakeEws, Probe<mailconnect::probe::net::TcpConnector>, tempfile::TempDir) {
+async fn ews() -> (
+    FakeEws,
+    Probe<mailconnect::probe::net::TcpConnector>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let certificate = ca.issue(dir.path(), &["localhost"]);
@@ -295,7 +410,10 @@ async fn ews_asking_for_negotiate_and_ntlm_is_an_ews_endpoint() {
     assert_eq!(report.outcome, ProbeOutcome::Ok, "{report:#?}");
     assert_eq!(report.auth_mechanisms, vec!["Negotiate", "NTLM"]);
     let tls = report.tls.as_ref().unwrap();
-    assert!(tls.chain_trusted && tls.hostname_matches && !tls.self_signed, "{tls:?}");
+    assert!(
+        tls.chain_trusted && tls.hostname_matches && !tls.self_signed,
+        "{tls:?}"
+    );
 }
 
 #[tokio::test]
@@ -329,16 +447,27 @@ async fn ews_with_modern_authentication_only_says_so() {
     .await;
     assert_eq!(report.outcome, ProbeOutcome::Warning, "{report:#?}");
     assert_eq!(report.auth_mechanisms, vec!["Bearer"]);
-    let request = report.stages.iter().find(|s| s.name == "ews_request").unwrap();
+    let request = report
+        .stages
+        .iter()
+        .find(|s| s.name == "ews_request")
+        .unwrap();
     assert!(request.detail.contains("OAuth"), "{request:?}");
-    assert!(request.detail.contains("Basic authentication is disabled"), "{request:?}");
+    assert!(
+        request.detail.contains("Basic authentication is disabled"),
+        "{request:?}"
+    );
     assert_eq!(stage(&report, "login"), ProbeOutcome::Warning);
 }
 
 #[tokio::test]
 async fn ews_answering_200_is_accepted() {
     let (server, probe, _dir) = ews().await;
-    let report = run_with(&probe, exchange(server.port, "/open/EWS/Exchange.asmx", None)).await;
+    let report = run_with(
+        &probe,
+        exchange(server.port, "/open/EWS/Exchange.asmx", None),
+    )
+    .await;
     assert_eq!(report.outcome, ProbeOutcome::Ok, "{report:#?}");
 }
 
@@ -348,7 +477,11 @@ async fn a_404_says_where_ews_usually_lives() {
     let report = run_with(&probe, exchange(server.port, "/Exchange", None)).await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     assert_eq!(report.field, EXCHANGE_FIELD);
-    assert!(report.hint.contains("/EWS/Exchange.asmx"), "{}", report.hint);
+    assert!(
+        report.hint.contains("/EWS/Exchange.asmx"),
+        "{}",
+        report.hint
+    );
 }
 
 #[tokio::test]
@@ -358,7 +491,10 @@ async fn a_redirect_to_a_sign_in_page_is_reported_not_followed() {
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     let request = failed_stage(&report);
     assert!(request.detail.contains("sign-in page"), "{request:?}");
-    assert!(request.server_reply.contains("login.example.com"), "{request:?}");
+    assert!(
+        request.server_reply.contains("login.example.com"),
+        "{request:?}"
+    );
     assert_eq!(report.field, EXCHANGE_FIELD);
 }
 
@@ -399,13 +535,20 @@ async fn a_server_that_never_speaks_times_out_within_the_budget() {
         probe_timeout: Duration::from_secs(1),
         ..probe_settings(&[server.port])
     };
-    let report = run(&settings, imap(server.port, Security::StartTls, false, None)).await;
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
     assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");
     let greeting = failed_stage(&report);
     assert_eq!(greeting.name, "greeting");
     assert!(greeting.detail.contains("time budget"), "{greeting:?}");
     // Only a hang fails this; the budget is one second.
-    assert!(report.total_latency < Duration::from_secs(10), "{report:#?}");
+    assert!(
+        report.total_latency < Duration::from_secs(10),
+        "{report:#?}"
+    );
 }
 
 #[tokio::test]
@@ -429,7 +572,11 @@ async fn the_callers_deadline_caps_the_probe() {
 async fn a_server_that_hangs_up_at_once_is_reported() {
     let server = FaultServer::start(Fault::CloseAtOnce).await;
     let settings = probe_settings(&[server.port]);
-    let report = run(&settings, imap(server.port, Security::StartTls, false, None)).await;
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     let greeting = failed_stage(&report);
     assert_eq!(greeting.name, "greeting");
@@ -440,7 +587,11 @@ async fn a_server_that_hangs_up_at_once_is_reported() {
 async fn garbage_is_not_an_imap_greeting() {
     let server = FaultServer::start(Fault::Say(b"\x00\x01garbage\xff\xfe\r\n")).await;
     let settings = impatient(&[server.port]);
-    let report = run(&settings, imap(server.port, Security::StartTls, false, None)).await;
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
     assert!(!report.outcome.is_success(), "{report:#?}");
     let greeting = failed_stage(&report);
     assert_eq!(greeting.name, "greeting");
@@ -452,12 +603,22 @@ async fn garbage_is_not_an_imap_greeting() {
 async fn an_smtp_banner_on_the_imap_port_is_recognised() {
     let server = FaultServer::start(Fault::Say(b"220 mail.example.com ESMTP Postfix\r\n")).await;
     let settings = impatient(&[server.port]);
-    let report = run(&settings, imap(server.port, Security::StartTls, false, None)).await;
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
     assert!(!report.outcome.is_success(), "{report:#?}");
     let greeting = failed_stage(&report);
-    assert!(greeting.detail.contains("not an IMAP server"), "{greeting:?}");
+    assert!(
+        greeting.detail.contains("not an IMAP server"),
+        "{greeting:?}"
+    );
     assert!(greeting.detail.contains("SMTP"), "{greeting:?}");
-    assert!(greeting.server_reply.contains("220 mail.example.com"), "{greeting:?}");
+    assert!(
+        greeting.server_reply.contains("220 mail.example.com"),
+        "{greeting:?}"
+    );
     assert_eq!(report.field, "domain_settings.imap.imap_server.port");
 }
 
@@ -465,7 +626,11 @@ async fn an_smtp_banner_on_the_imap_port_is_recognised() {
 async fn a_greeting_trickling_a_byte_a_second_times_out() {
     let server = FaultServer::start(Fault::Trickle(b"* OK slow server ready\r\n")).await;
     let settings = impatient(&[server.port]);
-    let report = run(&settings, imap(server.port, Security::StartTls, false, None)).await;
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
     assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");
     assert_eq!(failed_stage(&report).name, "greeting");
 }

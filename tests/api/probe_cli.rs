@@ -29,14 +29,28 @@ fn stdout(output: &Output) -> String {
 
 #[test]
 fn probe_prints_a_readable_report_and_exits_0() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let url = format!("imaps://127.0.0.1:{}", dovecot.imaps_port);
     let output = probe(
         dovecot.imaps_port,
-        &[&url, "--insecure", "--user", USER, "--password-env", "PROBE_TEST_PASSWORD"],
+        &[
+            &url,
+            "--insecure",
+            "--user",
+            USER,
+            "--password-env",
+            "PROBE_TEST_PASSWORD",
+        ],
     );
     let text = stdout(&output);
-    assert_eq!(output.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(text.contains(&format!("{url} (IMAP): WARNING")), "{text}");
     assert!(text.contains("login"), "{text}");
     assert!(text.contains("self-signed: yes"), "{text}");
@@ -46,9 +60,14 @@ fn probe_prints_a_readable_report_and_exits_0() {
 
 #[test]
 fn probe_json_is_machine_readable() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let url = format!("imap://127.0.0.1:{}", dovecot.imap_port);
-    let output = probe(dovecot.imap_port, &[&url, "--starttls", "--insecure", "--json"]);
+    let output = probe(
+        dovecot.imap_port,
+        &[&url, "--starttls", "--insecure", "--json"],
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     assert_eq!(report["outcome"], "WARNING", "{report:#}");
@@ -59,22 +78,39 @@ fn probe_json_is_machine_readable() {
         .iter()
         .map(|stage| stage["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"starttls") && names.contains(&"tls"), "{names:?}");
+    assert!(
+        names.contains(&"starttls") && names.contains(&"tls"),
+        "{names:?}"
+    );
     assert_eq!(report["tls"]["self_signed"], true);
     assert!(report["tls"]["not_after"].is_string());
 }
 
 #[test]
 fn probe_exits_1_when_the_server_fails_the_check() {
-    let Some(dovecot) = Dovecot::start() else { return };
+    let Some(dovecot) = Dovecot::start() else {
+        return;
+    };
     let url = format!("imaps://127.0.0.1:{}", dovecot.imaps_port);
     let untrusted = probe(dovecot.imaps_port, &[&url]);
     assert_eq!(untrusted.status.code(), Some(1));
-    assert!(stdout(&untrusted).contains("allow_insecure_certificate"), "{}", stdout(&untrusted));
+    assert!(
+        stdout(&untrusted).contains("allow_insecure_certificate"),
+        "{}",
+        stdout(&untrusted)
+    );
 
     let wrong = probe(
         dovecot.imaps_port,
-        &[&url, "--insecure", "--user", USER, "--password-env", "PROBE_TEST_WRONG_PASSWORD", "--json"],
+        &[
+            &url,
+            "--insecure",
+            "--user",
+            USER,
+            "--password-env",
+            "PROBE_TEST_WRONG_PASSWORD",
+            "--json",
+        ],
     );
     assert_eq!(wrong.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&wrong.stdout).unwrap();
@@ -100,11 +136,22 @@ fn probe_usage_errors_exit_2() {
         vec!["gopher://example.com"],
         vec!["imaps://127.0.0.1:993", "--starttls"],
         vec!["imap://127.0.0.1:143/INBOX"],
-        vec!["imaps://127.0.0.1:993", "--user", "u", "--password-env", "PROBE_TEST_UNSET_VARIABLE"],
+        vec![
+            "imaps://127.0.0.1:993",
+            "--user",
+            "u",
+            "--password-env",
+            "PROBE_TEST_UNSET_VARIABLE",
+        ],
         vec!["imaps://127.0.0.1:993", "--user", "u"],
         vec!["not a url"],
     ] {
         let output = probe(993, &args);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }

@@ -88,10 +88,10 @@ fn internal_and_special_addresses_are_refused() {
         "2001:db8::25",
         "::ffff:10.0.0.1",
         "::ffff:169.254.169.254",
-        "64:ff9b::a00:1",          // NAT64 form of 10.0.0.1
-        "64:ff9b::a9fe:a9fe",      // NAT64 form of 169.254.169.254
-        "2002:7f00:1::1",          // 6to4 form of 127.0.0.1
-        "2002:a9fe:a9fe::1",       // 6to4 form of 169.254.169.254
+        "64:ff9b::a00:1",                       // NAT64 form of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",                   // NAT64 form of 169.254.169.254
+        "2002:7f00:1::1",                       // 6to4 form of 127.0.0.1
+        "2002:a9fe:a9fe::1",                    // 6to4 form of 169.254.169.254
         "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo, client 10.0.0.1
     ] {
         let result = guard.check_address(ip(address));
@@ -175,7 +175,13 @@ async fn loopback_is_refused_before_any_connection_unless_allowed() {
     let recorded = Probe::with_connector(&settings, recording.clone());
     // The same through the real connector: the listener is the witness.
     let real = Probe::from_settings(&settings);
-    for host in ["127.0.0.1", "localhost", "[::1]", "::1", "[::ffff:127.0.0.1]"] {
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "::1",
+        "[::ffff:127.0.0.1]",
+    ] {
         let report = recorded
             .probe(imap_request(host, server.port), ProbeContext::default())
             .await
@@ -187,7 +193,11 @@ async fn loopback_is_refused_before_any_connection_unless_allowed() {
             .unwrap();
         assert_blocked(&report, "domain_settings.imap.imap_server.host");
     }
-    assert!(recording.attempts().is_empty(), "{:?}", recording.attempts());
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
     assert_eq!(server.accepted(), 0, "the listener saw a connection");
 }
 
@@ -196,7 +206,10 @@ async fn a_port_outside_the_allowed_list_is_refused_before_any_connection() {
     let server = FaultServer::start(Fault::Say(b"* OK ready\r\n")).await;
     let settings = probe_settings(&[993]);
     let report = Probe::from_settings(&settings)
-        .probe(imap_request("127.0.0.1", server.port), ProbeContext::default())
+        .probe(
+            imap_request("127.0.0.1", server.port),
+            ProbeContext::default(),
+        )
         .await
         .unwrap();
     assert_blocked(&report, "domain_settings.imap.imap_server.port");
@@ -207,14 +220,24 @@ async fn a_port_outside_the_allowed_list_is_refused_before_any_connection() {
 async fn non_loopback_targets_are_judged_without_sending_anything() {
     let recording = RecordingConnector::default();
     let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
-    for host in ["10.0.0.1", "169.254.169.254", "100.64.0.1", "fd00:ec2::254", "[fd00:ec2::254]"] {
+    for host in [
+        "10.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "fd00:ec2::254",
+        "[fd00:ec2::254]",
+    ] {
         let report = probe
             .probe(imap_request(host, 993), ProbeContext::default())
             .await
             .unwrap();
         assert_blocked(&report, "domain_settings.imap.imap_server.host");
     }
-    assert!(recording.attempts().is_empty(), "{:?}", recording.attempts());
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
 }
 
 #[tokio::test]
@@ -231,7 +254,10 @@ async fn an_allowed_address_is_connected_to_exactly_as_checked() {
         .unwrap();
     // The recording connector refuses: the probe reports that, having tried the checked address.
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
-    assert_eq!(recording.attempts(), vec!["10.20.30.40:993".parse().unwrap()]);
+    assert_eq!(
+        recording.attempts(),
+        vec!["10.20.30.40:993".parse().unwrap()]
+    );
 }
 
 #[tokio::test]
@@ -262,7 +288,10 @@ async fn concurrency_and_per_account_rate_are_bounded() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let second = probe
-        .probe(imap_request("127.0.0.1", server.port), ProbeContext::default())
+        .probe(
+            imap_request("127.0.0.1", server.port),
+            ProbeContext::default(),
+        )
         .await;
     assert_eq!(second.unwrap_err(), ProbeRefused::Busy);
     running.abort();
@@ -298,5 +327,10 @@ async fn concurrency_and_per_account_rate_are_bounded() {
         account_id: Some(8),
         deadline: None,
     };
-    assert!(limited.probe(imap_request("127.0.0.1", port), other).await.is_ok());
+    assert!(
+        limited
+            .probe(imap_request("127.0.0.1", port), other)
+            .await
+            .is_ok()
+    );
 }

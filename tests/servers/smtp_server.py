@@ -28,7 +28,8 @@ def main():
             and auth_data.login.decode() == user
             and auth_data.password.decode() == password
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers 535 itself on failure.
+        return AuthResult(success=ok, handled=False)
 
     common = dict(hostname="127.0.0.1", port=int(port), authenticator=authenticate)
     if mode == "starttls":
