@@ -88,22 +88,18 @@ pub fn connect_failed(address: SocketAddr, error: &io::Error) -> Failure {
                 address.port()
             ),
         ),
-        io::ErrorKind::TimedOut => timed_out_connecting(address),
+        io::ErrorKind::TimedOut => Failure::failed(
+            format!("{address} did not answer the connection attempt"),
+            FieldRef::Host,
+            ALLOWLIST_HINT,
+        )
+        .with_outcome(ProbeOutcome::TimedOut),
         _ => Failure::failed(
             format!("cannot connect to {address}: {error}"),
             FieldRef::Host,
             ALLOWLIST_HINT,
         ),
     }
-}
-
-fn timed_out_connecting(address: SocketAddr) -> Failure {
-    Failure::failed(
-        format!("{address} did not answer the connection attempt"),
-        FieldRef::Host,
-        ALLOWLIST_HINT,
-    )
-    .with_outcome(ProbeOutcome::TimedOut)
 }
 
 /// A stage that ran out of time. What silence means depends on where it happened.
@@ -114,15 +110,11 @@ pub fn timed_out(run: &ProbeRun<'_>, stage: &str, overall: bool) -> Failure {
         "the stage timed out"
     };
     let failure = match stage {
-        "connect" => {
-            let mut failure = timed_out_connecting(
-                run.connected_address
-                    .parse()
-                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-            );
-            failure.detail = format!("no answer to the connection attempt ({why})");
-            failure
-        }
+        "connect" => Failure::failed(
+            format!("no answer to the connection attempt ({why})"),
+            FieldRef::Host,
+            ALLOWLIST_HINT,
+        ),
         "tls" => Failure::failed(
             format!("no answer to the TLS handshake ({why})"),
             FieldRef::Security,

@@ -66,6 +66,7 @@ impl<C: Connector> Probe<C> {
     }
 
     /// Runs one probe without admission control (the command line runs exactly one).
+    #[tracing::instrument(skip_all, fields(target = %request.target))]
     pub async fn run(
         &self,
         request: ProbeRequest,
@@ -79,7 +80,9 @@ impl<C: Connector> Probe<C> {
             ProbeTarget::Smtp(server) => smtp::probe(self, &mut run, server).await,
             ProbeTarget::Exchange(url) => exchange::probe(self, &mut run, url).await,
         };
-        run.finish()
+        let report = run.finish();
+        tracing::info!(outcome = ?report.outcome, field = %report.field, "probe finished");
+        report
     }
 }
 

@@ -23,6 +23,10 @@ pub enum Fault {
     Say(&'static [u8]),
     /// Sends these bytes one per second.
     Trickle(&'static [u8]),
+    /// An IMAP server that offers neither STARTTLS nor anything after CAPABILITY.
+    ImapWithoutStartTls,
+    /// An SMTP server that offers no STARTTLS and only AUTH CRAM-MD5.
+    SmtpWithoutStartTls,
 }
 
 /// A loopback listener with a fault; counts the connections it accepted. Stops when dropped.
@@ -74,6 +78,27 @@ async fn misbehave(mut stream: TcpStream, fault: Fault) {
             let _ = stream.write_all(bytes).await;
             hold(stream).await;
         }
+        Fault::ImapWithoutStartTls => {
+            converse(
+                stream,
+                "* OK [CAPABILITY IMAP4rev1] fake ready\r\n",
+                |line| {
+                    let tag = line.split_whitespace().next().unwrap_or("*");
+                    format!("* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done\r\n")
+                },
+            )
+            .await;
+        }
+        Fault::SmtpWithoutStartTls => {
+            converse(stream, "220 fake.example.com ESMTP\r\n", |line| {
+                if line.to_ascii_uppercase().starts_with("EHLO") {
+                    "250-fake.example.com\r\n250 AUTH CRAM-MD5\r\n".to_owned()
+                } else {
+                    "250 OK\r\n".to_owned()
+                }
+            })
+            .await;
+        }
         Fault::Trickle(bytes) => {
             for byte in bytes {
                 if stream.write_all(&[*byte]).await.is_err() {
@@ -82,6 +107,21 @@ async fn misbehave(mut stream: TcpStream, fault: Fault) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             hold(stream).await;
+        }
+    }
+}
+
+/// Sends a greeting, then answers each line the client sends.
+async fn converse(stream: TcpStream, greeting: &str, answer: impl Fn(&str) -> String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let (reader, mut writer) = stream.into_split();
+    if writer.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if writer.write_all(answer(&line).as_bytes()).await.is_err() {
+            return;
         }
     }
 }

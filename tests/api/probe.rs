@@ -646,3 +646,44 @@ async fn a_refused_port_names_the_port() {
     assert!(connect.detail.contains("refused"), "{connect:?}");
     assert_eq!(report.field, "domain_settings.imap.imap_server.port");
 }
+
+#[tokio::test]
+async fn imap_without_starttls_is_refused_before_any_password_is_sent() {
+    let server = FaultServer::start(Fault::ImapWithoutStartTls).await;
+    let settings = probe_settings(&[server.port]);
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, Some(PASSWORD)),
+    )
+    .await;
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    assert_eq!(failed_stage(&report).name, "starttls");
+    assert_eq!(stage(&report, "login"), ProbeOutcome::Skipped);
+    assert_eq!(report.field, "domain_settings.imap.imap_server.security");
+}
+
+#[tokio::test]
+async fn smtp_without_starttls_is_refused_and_an_unusable_mechanism_is_named() {
+    let server = FaultServer::start(Fault::SmtpWithoutStartTls).await;
+    let settings = probe_settings(&[server.port]);
+    let report = run(
+        &settings,
+        smtp(server.port, Security::StartTls, Some(PASSWORD)),
+    )
+    .await;
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    assert_eq!(failed_stage(&report).name, "starttls");
+    assert_eq!(report.field, "domain_settings.imap.smtp_server.security");
+
+    // In plain text (only when an admin asks for it) the login needs a mechanism we support.
+    let report = run(
+        &settings,
+        smtp(server.port, Security::Plaintext, Some(PASSWORD)),
+    )
+    .await;
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    let login = failed_stage(&report);
+    assert_eq!(login.name, "login");
+    assert!(login.detail.contains("CRAM-MD5"), "{login:?}");
+    assert_eq!(report.auth_mechanisms, vec!["CRAM-MD5"]);
+}
