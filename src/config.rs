@@ -216,10 +216,10 @@ pub struct ProbeSettings {
     #[arg(long, env = "MAILCONNECT_PROBE_STAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub probe_stage_timeout: Duration,
     /// Most probes running at once in this process; more are refused as busy.
-    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32)]
-    pub probe_max_concurrent: usize,
+    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_max_concurrent: u32,
     /// Most probes one account may start per minute.
-    #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30)]
+    #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_rate_per_minute: u32,
 }
 

@@ -42,7 +42,9 @@ impl Admission {
     pub fn new(settings: &ProbeSettings) -> Self {
         let per_minute = NonZeroU32::new(settings.probe_rate_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
-            running: Arc::new(Semaphore::new(settings.probe_max_concurrent.max(1))),
+            running: Arc::new(Semaphore::new(
+                usize::try_from(settings.probe_max_concurrent.max(1)).unwrap_or(usize::MAX),
+            )),
             per_account: RateLimiter::hashmap(Quota::per_minute(per_minute)),
         }
     }

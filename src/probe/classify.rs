@@ -115,6 +115,11 @@ pub fn timed_out(run: &ProbeRun<'_>, stage: &str, overall: bool) -> Failure {
             FieldRef::Host,
             ALLOWLIST_HINT,
         ),
+        "tls" if run.request.target.protocol() == ProbeProtocol::Exchange => Failure::failed(
+            format!("no answer to the TLS handshake ({why})"),
+            FieldRef::Url,
+            "the server did not answer HTTPS: check the host and port of the EWS URL",
+        ),
         "tls" => Failure::failed(
             format!("no answer to the TLS handshake ({why})"),
             FieldRef::Security,

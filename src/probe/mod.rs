@@ -111,8 +111,9 @@ fn plan(request: &ProbeRequest) -> Vec<&'static str> {
                 stages.extend(["starttls", "tls", "capabilities_after_tls"]);
             }
             if login {
-                stages.extend(["login", "logout"]);
+                stages.push("login");
             }
+            stages.push("logout");
         }
         ProbeTarget::Smtp(server) => {
             if server.security == Security::ImplicitTls {

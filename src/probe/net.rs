@@ -160,9 +160,17 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(addresses)
 }
 
-/// Opens TCP connections to addresses the guard approved. Tests substitute one that records the
-/// attempts instead of sending anything.
+/// Resolves names and opens TCP connections to addresses the guard approved. Tests substitute one
+/// that answers names itself and records connection attempts instead of sending anything.
 pub trait Connector: Send + Sync + 'static {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send {
+        resolve(host, port)
+    }
+
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send;
 }
 

@@ -12,7 +12,7 @@ use crate::domain::probe::{
 use crate::probe::Probe;
 use crate::probe::budget::Budget;
 use crate::probe::classify;
-use crate::probe::net::{Connector, resolve};
+use crate::probe::net::Connector;
 use crate::probe::stream::{RecordedTcp, Transcript};
 use crate::probe::tls::TlsClient;
 use tokio_rustls::client::TlsStream;
@@ -220,10 +220,12 @@ impl<'a> ProbeRun<'a> {
         port: u16,
     ) -> Result<RecordedTcp, Stopped> {
         let guard = &probe.guard;
+        let connector = &probe.connector;
         let addresses = self
             .stage("resolve", async {
                 guard.check_port(port).map_err(classify::refused)?;
-                let addresses = resolve(host, port)
+                let addresses = connector
+                    .resolve(host, port)
                     .await
                     .map_err(|error| classify::resolve_failed(host, &error))?;
                 let ips: Vec<_> = addresses.iter().map(|address| address.ip()).collect();
@@ -235,7 +237,6 @@ impl<'a> ProbeRun<'a> {
                 ))
             })
             .await?;
-        let connector = &probe.connector;
         let (tcp, address) = self
             .stage("connect", async {
                 let mut last_error = None;

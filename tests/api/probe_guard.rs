@@ -29,7 +29,32 @@ impl RecordingConnector {
     }
 }
 
+/// Names the tests' connector answers itself, so that no query leaves the machine.
+fn test_dns(host: &str) -> Option<io::Result<Vec<IpAddr>>> {
+    let addresses = |list: &[&str]| Some(Ok(list.iter().map(|a| ip(a)).collect()));
+    match host {
+        "metadata.test" => addresses(&["169.254.169.254"]),
+        "intranet.test" => addresses(&["10.1.2.3"]),
+        "mixed.test" => addresses(&["93.184.216.34", "fd00::1"]),
+        "public.test" => addresses(&["93.184.216.34"]),
+        "missing.test" => Some(Err(io::Error::new(io::ErrorKind::NotFound, "no such host"))),
+        _ => None,
+    }
+}
+
 impl Connector for RecordingConnector {
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match test_dns(host) {
+            Some(answer) => answer.map(|ips| {
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            }),
+            // IP literals and `localhost` (from /etc/hosts): never a DNS query.
+            None => mailconnect::probe::net::resolve(host, port).await,
+        }
+    }
+
     async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
         self.0.lock().unwrap().push(address);
         Err(io::Error::from(io::ErrorKind::ConnectionRefused))
@@ -333,4 +358,47 @@ async fn concurrency_and_per_account_rate_are_bounded() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn names_are_judged_by_every_address_they_resolve_to() {
+    let recording = RecordingConnector::default();
+    let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
+    for host in ["metadata.test", "intranet.test", "mixed.test"] {
+        let report = probe
+            .probe(imap_request(host, 993), ProbeContext::default())
+            .await
+            .unwrap();
+        assert_blocked(&report, "domain_settings.imap.imap_server.host");
+    }
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
+
+    // A public name is connected to at the address it resolved to (recorded, never sent).
+    let report = probe
+        .probe(imap_request("public.test", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.stages[0].outcome, ProbeOutcome::Ok, "{report:#?}");
+    assert_eq!(
+        recording.attempts(),
+        vec!["93.184.216.34:993".parse().unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_host_name_names_the_host_field() {
+    let probe = Probe::with_connector(&default_settings(&[993]), RecordingConnector::default());
+    let report = probe
+        .probe(imap_request("missing.test", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    assert_eq!(report.stages[0].name, "resolve");
+    assert_eq!(report.stages[0].outcome, ProbeOutcome::Failed);
+    assert!(report.stages[0].detail.contains("not found"), "{report:#?}");
+    assert_eq!(report.field, "domain_settings.imap.imap_server.host");
 }
