@@ -151,12 +151,6 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     }
     let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
     addresses.dedup();
-    if addresses.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the name has no addresses",
-        ));
-    }
     Ok(addresses)
 }
 

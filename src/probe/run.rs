@@ -227,6 +227,16 @@ impl<'a> ProbeRun<'a> {
                 let addresses = connector
                     .resolve(host, port)
                     .await
+                    .and_then(|addresses| {
+                        if addresses.is_empty() {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "the name has no addresses",
+                            ))
+                        } else {
+                            Ok(addresses)
+                        }
+                    })
                     .map_err(|error| classify::resolve_failed(host, &error))?;
                 let ips: Vec<_> = addresses.iter().map(|address| address.ip()).collect();
                 guard.check_addresses(&ips).map_err(classify::refused)?;

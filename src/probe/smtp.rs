@@ -66,6 +66,7 @@ pub async fn probe<C: Connector>(
             unreachable!("STARTTLS runs on the plain connection lent to lettre");
         };
         let tls = run.secure(&probe.tls, tcp, &server.host, &[]).await?;
+        // Never reclaimed: `Lent` is simply the stream type lettre accepts.
         let upgraded = Lent::new(ProbeStream::Tls(Box::new(tls)));
         connection.set_stream(AsyncNetworkStream::use_existing_tokio1(Box::new(upgraded)));
         extensions = run
