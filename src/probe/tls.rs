@@ -51,16 +51,16 @@ impl TlsClient {
         let roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        Self::with_roots(roots)
+        Self::with_roots(roots).expect("the webpki root store is not empty")
     }
 
-    pub fn with_roots(roots: RootCertStore) -> Self {
+    /// Trusts these roots (a private CA); fails when there are none.
+    pub fn with_roots(roots: RootCertStore) -> Result<Self, rustls::client::VerifierBuilderError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .expect("a verifier over a non-empty or empty root store always builds");
-        Self { provider, verifier }
+                .build()?;
+        Ok(Self { provider, verifier })
     }
 
     /// Runs the TLS handshake for `host` (a name or IP literal) over an open connection.

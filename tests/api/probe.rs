@@ -395,7 +395,7 @@ async fn ews() -> (
     let certificate = ca.issue(dir.path(), &["localhost"]);
     let server = FakeEws::start(&certificate).await;
     let probe = Probe::from_settings(&probe_settings(&[server.port]))
-        .with_tls_client(TlsClient::with_roots(ca.roots()));
+        .with_tls_client(TlsClient::with_roots(ca.roots()).unwrap());
     (server, probe, dir)
 }
 
@@ -505,7 +505,7 @@ async fn an_ews_certificate_for_another_name_fails_the_tls_stage() {
     let certificate = ca.issue(dir.path(), &["mail.example.com"]);
     let server = FakeEws::start(&certificate).await;
     let probe = Probe::from_settings(&probe_settings(&[server.port]))
-        .with_tls_client(TlsClient::with_roots(ca.roots()));
+        .with_tls_client(TlsClient::with_roots(ca.roots()).unwrap());
     let report = run_with(&probe, exchange(server.port, "/EWS/Exchange.asmx", None)).await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
     assert_eq!(failed_stage(&report).name, "tls");
