@@ -105,6 +105,11 @@ pub async fn probe<C: Connector>(
         .parse::<Uri>()
         .ok()
         .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
+        // Credentials never travel in the URL.
+        .filter(|uri| {
+            !uri.authority()
+                .is_some_and(|authority| authority.as_str().contains('@'))
+        })
     else {
         let failure = Failure::failed(
             format!("{url} is not an https:// URL"),
