@@ -76,6 +76,14 @@ fn request(args: &ProbeArgs) -> Result<ProbeRequest, String> {
         .url
         .parse()
         .map_err(|error| format!("{:?} is not a URL: {error}", args.url))?;
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(
+            "put the user in --user and the password in --password-env, not in the URL".into(),
+        );
+    }
     let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
     let host = uri
         .host()

@@ -112,7 +112,7 @@ pub async fn probe<C: Connector>(
         })
     else {
         let failure = Failure::failed(
-            format!("{url} is not an https:// URL"),
+            "the EWS URL must be https:// with a host name and without credentials",
             FieldRef::Url,
             URL_HINT,
         );

@@ -522,6 +522,7 @@ async fn an_exchange_url_that_is_not_https_is_refused_before_connecting() {
     let report = run(&settings, request).await;
     assert_eq!(report.outcome, ProbeOutcome::Failed);
     assert_eq!(failed_stage(&report).name, "url");
+    assert!(failed_stage(&report).detail.contains("https://"));
     assert_eq!(stage(&report, "connect"), ProbeOutcome::Skipped);
     assert_eq!(report.field, EXCHANGE_FIELD);
 }

@@ -145,6 +145,7 @@ fn probe_usage_errors_exit_2() {
         ],
         vec!["imaps://127.0.0.1:993", "--user", "u"],
         vec!["not a url"],
+        vec!["imaps://user:secret@127.0.0.1:993"],
     ] {
         let output = probe(993, &args);
         assert_eq!(
