@@ -624,6 +624,24 @@ async fn an_smtp_banner_on_the_imap_port_is_recognised() {
 }
 
 #[tokio::test]
+async fn an_http_server_on_the_imap_port_is_recognised() {
+    let server = FaultServer::start(Fault::Say(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .await;
+    let settings = impatient(&[server.port]);
+    let report = run(
+        &settings,
+        imap(server.port, Security::StartTls, false, None),
+    )
+    .await;
+    assert!(!report.outcome.is_success(), "{report:#?}");
+    let greeting = failed_stage(&report);
+    assert!(greeting.detail.contains("HTTP"), "{greeting:?}");
+    assert_eq!(report.field, "domain_settings.imap.imap_server.port");
+}
+
+#[tokio::test]
 async fn a_greeting_trickling_a_byte_a_second_times_out() {
     let server = FaultServer::start(Fault::Trickle(b"* OK slow server ready\r\n")).await;
     let settings = impatient(&[server.port]);

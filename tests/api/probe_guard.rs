@@ -402,3 +402,30 @@ async fn an_unknown_host_name_names_the_host_field() {
     assert!(report.stages[0].detail.contains("not found"), "{report:#?}");
     assert_eq!(report.field, "domain_settings.imap.imap_server.host");
 }
+
+/// Accepts the address and never completes the connection, like a firewall that drops packets.
+struct BlackholeConnector;
+
+impl Connector for BlackholeConnector {
+    async fn connect(&self, _address: SocketAddr) -> io::Result<TcpStream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_connection_nobody_answers_points_at_the_egress_allowlist() {
+    let settings = ProbeSettings {
+        probe_stage_timeout: Duration::from_secs(1),
+        ..probe_settings(&[993])
+    };
+    let probe = Probe::with_connector(&settings, BlackholeConnector);
+    let report = probe
+        .probe(imap_request("127.0.0.1", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");
+    assert_eq!(report.stages[1].name, "connect");
+    assert_eq!(report.stages[1].outcome, ProbeOutcome::TimedOut);
+    assert!(report.hint.contains("AllowlistService"), "{}", report.hint);
+    assert_eq!(report.field, "domain_settings.imap.imap_server.host");
+}
