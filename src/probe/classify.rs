@@ -16,7 +16,8 @@ const EXCERPT_CHARS: usize = 200;
 const ALLOWLIST_HINT: &str = "the server's firewall may be dropping our traffic: ask its admin to \
      allow this service's egress IP addresses (AllowlistService lists them)";
 
-/// A readable excerpt of what a server sent: printable text, control bytes escaped, shortened.
+/// A readable excerpt of what a server sent: line breaks as spaces, other control bytes as dots,
+/// shortened.
 pub fn excerpt(bytes: &[u8]) -> String {
     let text: String = String::from_utf8_lossy(bytes)
         .chars()
@@ -31,6 +32,15 @@ pub fn excerpt(bytes: &[u8]) -> String {
     match text.char_indices().nth(EXCERPT_CHARS) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
+    }
+}
+
+/// How a protocol's servers announce themselves, in `recognise`'s terms.
+fn spoken_by(protocol: ProbeProtocol) -> &'static str {
+    match protocol {
+        ProbeProtocol::Imap => "IMAP",
+        ProbeProtocol::Smtp => "SMTP",
+        ProbeProtocol::Exchange => "HTTP",
     }
 }
 
@@ -54,18 +64,18 @@ pub fn recognise(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// The egress guard said no.
 pub fn refused(refusal: Refusal) -> Failure {
-    let field = match refusal {
-        Refusal::Port(_) => FieldRef::Port,
-        Refusal::Address(..) => FieldRef::Host,
-    };
-    let hint = match refusal {
-        Refusal::Port(_) => {
-            "use the mail server's public port (IMAP 993 or 143, SMTP 465, 587 or 25, HTTPS 443)"
-        }
-        Refusal::Address(..) => {
-            "use the mail server's public host name: private, loopback, link-local and other internal addresses are never reached"
-        }
+    let (field, hint) = match refusal {
+        Refusal::Port(_) => (
+            FieldRef::Port,
+            "use the mail server's public port (IMAP 993 or 143, SMTP 465, 587 or 25, HTTPS 443)",
+        ),
+        Refusal::Address(..) => (
+            FieldRef::Host,
+            "use the mail server's public host name: private, loopback, link-local and other \
+             internal addresses are never reached",
+        ),
     };
     Failure::failed(refusal.to_string(), field, hint).with_outcome(ProbeOutcome::Blocked)
 }
@@ -127,11 +137,7 @@ pub fn timed_out(run: &ProbeRun<'_>, stage: &str, overall: bool) -> Failure {
              usually IMAP 143 or SMTP 587), set security to STARTTLS",
         ),
         "greeting" if !run.tls_up && foreign(run).is_some() => {
-            let expected = match run.request.target.protocol() {
-                ProbeProtocol::Imap => "IMAP",
-                ProbeProtocol::Smtp => "SMTP",
-                ProbeProtocol::Exchange => "HTTP",
-            };
+            let expected = spoken_by(run.request.target.protocol());
             let mut failure = not_this_protocol(expected, &run.transcript.since(0), run.security());
             failure.detail = format!("{} ({why})", failure.detail);
             failure
@@ -155,11 +161,7 @@ pub fn timed_out(run: &ProbeRun<'_>, stage: &str, overall: bool) -> Failure {
 
 /// A protocol other than the expected one in what the server said so far (plain text only).
 fn foreign(run: &ProbeRun<'_>) -> Option<&'static str> {
-    let expected = match run.request.target.protocol() {
-        ProbeProtocol::Imap => "IMAP",
-        ProbeProtocol::Smtp => "SMTP",
-        ProbeProtocol::Exchange => "HTTP",
-    };
+    let expected = spoken_by(run.request.target.protocol());
     recognise(&run.transcript.since(0)).filter(|spoken| *spoken != expected)
 }
 
@@ -186,25 +188,42 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
             CertificateError::Revoked => "has been revoked",
             _ => "was rejected",
         };
-        // Exchange settings have no such flag: there the URL's server must change.
-        let field = match protocol {
-            ProbeProtocol::Exchange => FieldRef::Url,
-            ProbeProtocol::Imap | ProbeProtocol::Smtp => FieldRef::AllowInsecureCertificate,
-        };
-        return Failure::failed(
-            format!("the server's certificate {problem}{subject}: {reason:?}"),
-            field,
-            format!(
-                "the certificate {problem}: install a certificate from a public authority on the \
-                 server, or turn on allow_insecure_certificate (\"Allow non-secure certificate\", \
-                 --insecure on the command line) to accept it anyway"
+        let detail = format!("the server's certificate {problem}{subject}: {reason:?}");
+        // Exchange settings have no such flag: there the server's certificate must change.
+        return match protocol {
+            ProbeProtocol::Exchange => Failure::failed(
+                detail,
+                FieldRef::Url,
+                format!(
+                    "the certificate {problem}: the Exchange server needs a certificate from a \
+                     public authority for its host name (--insecure on the command line accepts \
+                     it for a test)"
+                ),
             ),
-        );
+            ProbeProtocol::Imap | ProbeProtocol::Smtp => Failure::failed(
+                detail,
+                FieldRef::AllowInsecureCertificate,
+                format!(
+                    "the certificate {problem}: install a certificate from a public authority on \
+                     the server, or turn on allow_insecure_certificate (\"Allow non-secure \
+                     certificate\", --insecure on the command line) to accept it anyway"
+                ),
+            ),
+        };
     }
-    let (protocol, port) = match protocol {
-        ProbeProtocol::Imap => ("IMAP", "143"),
-        ProbeProtocol::Smtp => ("SMTP", "587"),
-        ProbeProtocol::Exchange => ("HTTP", "80"),
+    let plain_text_hint = |spoken: &str| match protocol {
+        ProbeProtocol::Imap => format!(
+            "this port speaks {spoken} in plain text, not implicit TLS: set security to STARTTLS \
+             (usually port 143), or use the implicit TLS port (usually 993)"
+        ),
+        ProbeProtocol::Smtp => format!(
+            "this port speaks {spoken} in plain text, not implicit TLS: set security to STARTTLS \
+             (usually port 587), or use the implicit TLS port (usually 465)"
+        ),
+        ProbeProtocol::Exchange => format!(
+            "this port speaks {spoken} in plain text, not HTTPS: the EWS URL needs the server's \
+             HTTPS port (usually 443)"
+        ),
     };
     match recognise(heard) {
         Some(spoken) if spoken != "TLS" => Failure::failed(
@@ -212,17 +231,19 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
                 "the server answered in plain text ({spoken}) instead of TLS: {}",
                 failure.error
             ),
-            FieldRef::Security,
-            format!(
-                "this port speaks {spoken} in plain text, not implicit TLS: set security to \
-                 STARTTLS (the usual {protocol} port for it is {port}), or use the implicit TLS \
-                 port"
-            ),
+            match protocol {
+                ProbeProtocol::Exchange => FieldRef::Url,
+                ProbeProtocol::Imap | ProbeProtocol::Smtp => FieldRef::Security,
+            },
+            plain_text_hint(spoken),
         )
         .with_reply(excerpt(heard)),
         _ => Failure::failed(
             format!("the TLS handshake failed: {}", failure.error),
-            FieldRef::Security,
+            match protocol {
+                ProbeProtocol::Exchange => FieldRef::Url,
+                ProbeProtocol::Imap | ProbeProtocol::Smtp => FieldRef::Security,
+            },
             "the server does not complete a TLS handshake on this port: check the port and the \
              security setting",
         )
@@ -250,8 +271,10 @@ pub fn not_this_protocol(expected: &str, heard: &[u8], security: Security) -> Fa
         None if heard.is_empty() => Failure::failed(
             format!("the server closed the connection without an {expected} greeting"),
             FieldRef::Host,
-            "the server hung up at once: it may be overloaded, refuse our address, or not be an \
-             {expected} server",
+            format!(
+                "the server hung up at once: it may be overloaded, refuse our address, or not be \
+                 an {expected} server"
+            ),
         ),
         None => Failure::failed(
             format!("the server's greeting is not {expected}"),
