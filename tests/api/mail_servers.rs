@@ -173,10 +173,16 @@ fn unprivileged(program: &str) -> Command {
 }
 
 fn is_root() -> bool {
+    id("-u") == "0"
+}
+
+/// `id FLAG`: the current user's id or name.
+fn id(flag: &str) -> String {
     Command::new("id")
-        .arg("-u")
+        .arg(flag)
         .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
@@ -208,7 +214,13 @@ impl Dovecot {
         }
         let (imap_port, imaps_port) = (free_port(), free_port());
         let config = path.join("dovecot.conf");
-        std::fs::write(&config, dovecot_config(path, imap_port, imaps_port)).unwrap();
+        let (user, group) = if is_root() {
+            ("nobody".to_owned(), "nogroup".to_owned())
+        } else {
+            (id("-un"), id("-gn"))
+        };
+        let config_text = dovecot_config(path, imap_port, imaps_port, &user, &group);
+        std::fs::write(&config, config_text).unwrap();
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "nobody:nogroup"])
@@ -260,7 +272,8 @@ impl Drop for Dovecot {
     }
 }
 
-fn dovecot_config(dir: &Path, imap_port: u16, imaps_port: u16) -> String {
+/// A private Dovecot; services run as `user` (nobody when started as root, else ourselves).
+fn dovecot_config(dir: &Path, imap_port: u16, imaps_port: u16, user: &str, group: &str) -> String {
     let dir = dir.display();
     format!(
         r#"protocols = imap
@@ -274,16 +287,16 @@ ssl_key = <{dir}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
-default_internal_user = nobody
-default_internal_group = nogroup
-default_login_user = nobody
+default_internal_user = {user}
+default_internal_group = {group}
+default_login_user = {user}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {dir}/users
 }}
 userdb {{
   driver = static
-  args = uid=nobody gid=nogroup home={dir}/home/%u
+  args = uid={user} gid={group} home={dir}/home/%u
 }}
 mail_location = maildir:~/Maildir
 service imap-login {{
