@@ -17,3 +17,23 @@ ensure_chart_tools() {
     .venv-tools/bin/pip install --quiet --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
   fi
 }
+
+# The mail servers the probe tests run: Dovecot from Debian (apt-get update only when it is
+# missing), aiosmtpd in ./.venv-tools.
+ensure_mail_servers() {
+  if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
+    sudo_if_needed apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends dovecot-imapd >/dev/null
+  fi
+  /usr/sbin/dovecot --version
+  if [ ! -x .venv-tools/bin/aiosmtpd ]; then
+    [ -x .venv-tools/bin/pip ] || python3 -m venv .venv-tools
+    .venv-tools/bin/pip install --quiet --disable-pip-version-check aiosmtpd
+  fi
+  .venv-tools/bin/python -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+sudo_if_needed() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}

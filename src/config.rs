@@ -188,6 +188,77 @@ pub struct Settings {
     /// Log format on stdout.
     #[arg(long, env = "MAILCONNECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub probe: ProbeSettings,
+}
+
+/// Where the mail server probe may connect and how long it may take. Shared by `serve` and
+/// `probe`, so that the command line checks a server exactly as the service would.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProbeSettings {
+    /// Comma-separated CIDRs the probe may reach although they are in a range it refuses by
+    /// default (loopback, private, link-local, …), e.g. `127.0.0.0/8,::1/128` for local servers.
+    #[arg(long, env = "MAILCONNECT_PROBE_ALLOW_CIDRS", value_delimiter = ',')]
+    pub probe_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Comma-separated CIDRs the probe must never reach, in addition to the built-in ranges. They
+    /// win over the allowed CIDRs.
+    #[arg(long, env = "MAILCONNECT_PROBE_DENY_CIDRS", value_delimiter = ',')]
+    pub probe_deny_cidrs: Vec<ipnet::IpNet>,
+    /// Comma-separated ports (or ranges such as `10000-10100`) the probe may connect to.
+    #[arg(
+        long,
+        env = "MAILCONNECT_PROBE_ALLOWED_PORTS",
+        value_delimiter = ',',
+        default_value = "25,465,587,2525,143,993,443"
+    )]
+    pub probe_allowed_ports: Vec<PortRange>,
+    /// The longest a whole probe may take (it also ends before the caller's deadline).
+    #[arg(long, env = "MAILCONNECT_PROBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
+    /// The longest one stage (connect, TLS handshake, greeting, login, …) may take.
+    #[arg(long, env = "MAILCONNECT_PROBE_STAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub probe_stage_timeout: Duration,
+    /// Most probes running at once in this process; more are refused as busy.
+    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_max_concurrent: u32,
+    /// Most probes one account may start per minute.
+    #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_rate_per_minute: u32,
+}
+
+/// A port or an inclusive range of ports (`993`, `10000-10100`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port > 0)
+                .ok_or_else(|| format!("{part:?} is not a port (1-65535)"))
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((first, last)) => (parse(first)?, parse(last)?),
+            None => (parse(s)?, parse(s)?),
+        };
+        if first > last {
+            return Err(format!("port range {s:?} ends before it starts"));
+        }
+        Ok(Self { first, last })
+    }
 }
 
 impl Settings {

@@ -1,4 +1,5 @@
-//! The `mailconnect` command: serve, migrate, mint development tokens, manage allowlists.
+//! The `mailconnect` command: serve, migrate, mint development tokens, manage allowlists, probe a
+//! mail server.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use mailconnect::app::Application;
 use mailconnect::commands::{self, allowlist::AllowlistCommand};
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::probe::cli::ProbeArgs;
 use mailconnect::service::allowlist::publish_initial_lists;
 use mailconnect::storage::Database;
 
@@ -36,6 +38,9 @@ enum Command {
         #[command(subcommand)]
         command: AllowlistCommand,
     },
+    /// Check that an IMAP, SMTP or Exchange server answers, as the service would before accepting
+    /// it: imap://host:993, smtps://host:465, https://host/EWS/Exchange.asmx, …
+    Probe(Box<ProbeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -77,15 +82,18 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Serve(settings) => serve(*settings).await,
             Command::Migrate { keys, database } => migrate(keys, database).await,
             Command::Token(args) => token(args),
             Command::Allowlist { command } => commands::allowlist::run(command).await,
-        }
+            // The probe's exit status says whether the server works.
+            Command::Probe(args) => return Ok(mailconnect::probe::cli::run(*args).await),
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -56,10 +56,21 @@ impl ProbeTarget {
 
 impl fmt::Display for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeTarget::Imap(server) => write!(f, "imap://{}:{}", server.host, server.port),
-            ProbeTarget::Smtp(server) => write!(f, "smtp://{}:{}", server.host, server.port),
-            ProbeTarget::Exchange(url) => f.write_str(url),
+        let (scheme, server) = match self {
+            ProbeTarget::Imap(server) if server.security == Security::ImplicitTls => {
+                ("imaps", server)
+            }
+            ProbeTarget::Imap(server) => ("imap", server),
+            ProbeTarget::Smtp(server) if server.security == Security::ImplicitTls => {
+                ("smtps", server)
+            }
+            ProbeTarget::Smtp(server) => ("smtp", server),
+            ProbeTarget::Exchange(url) => return f.write_str(url),
+        };
+        if server.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", server.host, server.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", server.host, server.port)
         }
     }
 }

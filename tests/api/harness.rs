@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use mailconnect::app::Application;
-use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Secret, Settings};
+use mailconnect::config::{
+    DatabaseSettings, KeySettings, LogFormat, ProbeSettings, Secret, Settings,
+};
 use mailconnect::domain::principal::{Principal, Role};
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
 use mailconnect::grpc::server::ServerSettings;
@@ -132,6 +134,11 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
         default_data_center: "na1".to_owned(),
         shutdown_grace: Duration::from_secs(5),
         log_format: LogFormat::Text,
+        // Loopback and any port: the tests' mail servers listen on random loopback ports.
+        probe: ProbeSettings {
+            probe_allowed_ports: vec!["1-65535".parse().unwrap()],
+            ..crate::mail_servers::probe_settings(&[])
+        },
     }
 }
 

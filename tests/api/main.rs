@@ -3,10 +3,15 @@
 mod allowlist;
 mod cli;
 mod directory;
+mod fault_servers;
 mod grpcurl;
 mod hardening;
 mod harness;
+mod mail_servers;
 mod packaging;
+mod probe;
+mod probe_cli;
+mod probe_guard;
 mod process;
 mod server;
 mod shutdown;

@@ -1,0 +1,67 @@
+//! How long a probe may take and how many may run: a timeout per stage, an overall budget that
+//! ends before the caller's deadline, a global bound on concurrent probes and a per-account rate.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::ProbeSettings;
+use crate::domain::probe::{ProbeContext, ProbeRefused};
+
+/// Time kept back from the caller's deadline so that the report still reaches them.
+const REPLY_MARGIN: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub overall: Duration,
+    pub stage: Duration,
+}
+
+impl Budget {
+    /// When the probe must be over: after its own budget, and before the caller stops waiting.
+    pub fn deadline(&self, start: Instant, caller_deadline: Option<Instant>) -> Instant {
+        let own = start + self.overall;
+        match caller_deadline {
+            Some(caller) => own.min(caller.checked_sub(REPLY_MARGIN).unwrap_or(start).max(start)),
+            None => own,
+        }
+    }
+}
+
+/// Admission: the global concurrency bound and the per-account rate limit.
+pub struct Admission {
+    running: Arc<Semaphore>,
+    per_account: DefaultKeyedRateLimiter<i64>,
+}
+
+impl Admission {
+    pub fn new(settings: &ProbeSettings) -> Self {
+        let per_minute = NonZeroU32::new(settings.probe_rate_per_minute).unwrap_or(NonZeroU32::MIN);
+        Self {
+            running: Arc::new(Semaphore::new(
+                usize::try_from(settings.probe_max_concurrent.max(1)).unwrap_or(usize::MAX),
+            )),
+            per_account: RateLimiter::hashmap(Quota::per_minute(per_minute)),
+        }
+    }
+
+    /// Admits one probe, or says why not. The permit is held until the probe ends.
+    pub fn admit(&self, context: &ProbeContext) -> Result<OwnedSemaphorePermit, ProbeRefused> {
+        if let Some(account) = context.account_id
+            && let Err(not_until) = self.per_account.check_key(&account)
+        {
+            let now = self.per_account.clock().now();
+            return Err(ProbeRefused::RateLimited {
+                retry_after: not_until.wait_time_from(now),
+            });
+        }
+        self.running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProbeRefused::Busy)
+    }
+}

@@ -1,0 +1,431 @@
+//! The egress guard. Non-loopback addresses are only ever judged, or handed to a connector that
+//! records the attempt instead of connecting: no test sends a packet off this machine.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailconnect::config::ProbeSettings;
+use mailconnect::domain::probe::{
+    ProbeContext, ProbeOutcome, ProbeRefused, ProbeReport, ProbeRequest, ProbeTarget, Security,
+    ServerEndpoint,
+};
+use mailconnect::probe::Probe;
+use mailconnect::probe::net::{Connector, EgressGuard, Refusal};
+use mailconnect::service::probing::Prober as _;
+use tokio::net::TcpStream;
+
+use crate::fault_servers::{Fault, FaultServer};
+use crate::mail_servers::probe_settings;
+
+/// Records where the probe would have connected and refuses, sending nothing.
+#[derive(Clone, Default)]
+struct RecordingConnector(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl RecordingConnector {
+    fn attempts(&self) -> Vec<SocketAddr> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Names the tests' connector answers itself, so that no query leaves the machine.
+fn test_dns(host: &str) -> Option<io::Result<Vec<IpAddr>>> {
+    let addresses = |list: &[&str]| Some(Ok(list.iter().map(|a| ip(a)).collect()));
+    match host {
+        "metadata.test" => addresses(&["169.254.169.254"]),
+        "intranet.test" => addresses(&["10.1.2.3"]),
+        "mixed.test" => addresses(&["93.184.216.34", "fd00::1"]),
+        "public.test" => addresses(&["93.184.216.34"]),
+        "missing.test" => Some(Err(io::Error::new(io::ErrorKind::NotFound, "no such host"))),
+        _ => None,
+    }
+}
+
+impl Connector for RecordingConnector {
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match test_dns(host) {
+            Some(answer) => answer.map(|ips| {
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            }),
+            // IP literals and `localhost` (from /etc/hosts): never a DNS query.
+            None => mailconnect::probe::net::resolve(host, port).await,
+        }
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
+        self.0.lock().unwrap().push(address);
+        Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }
+}
+
+/// The operator's defaults: nothing allowed beyond public addresses.
+fn default_settings(ports: &[u16]) -> ProbeSettings {
+    ProbeSettings {
+        probe_allow_cidrs: vec![],
+        ..probe_settings(ports)
+    }
+}
+
+fn imap_request(host: &str, port: u16) -> ProbeRequest {
+    ProbeRequest {
+        target: ProbeTarget::Imap(ServerEndpoint {
+            host: host.to_owned(),
+            port,
+            security: Security::ImplicitTls,
+        }),
+        allow_insecure_certificate: false,
+        credentials: None,
+        field_prefix: "domain_settings.imap.imap_server".to_owned(),
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn internal_and_special_addresses_are_refused() {
+    let guard = EgressGuard::new(&default_settings(&[993]));
+    for address in [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "::",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "fe80::1",
+        "100.64.0.1",
+        "224.0.0.1",
+        "ff02::1",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.10",
+        "198.51.100.7",
+        "203.0.113.9",
+        "2001:db8::25",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a00:1",                       // NAT64 form of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",                   // NAT64 form of 169.254.169.254
+        "2002:7f00:1::1",                       // 6to4 form of 127.0.0.1
+        "2002:a9fe:a9fe::1",                    // 6to4 form of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo, client 10.0.0.1
+    ] {
+        let result = guard.check_address(ip(address));
+        assert!(
+            matches!(result, Err(Refusal::Address(..))),
+            "{address} must be refused, got {result:?}"
+        );
+    }
+}
+
+#[test]
+fn public_addresses_pass() {
+    let guard = EgressGuard::new(&default_settings(&[993]));
+    for address in [
+        "93.184.216.34",
+        "8.8.8.8",
+        "2606:4700:4700::1111",
+        "64:ff9b::808:808", // NAT64 form of 8.8.8.8
+        "2002:808:808::1",  // 6to4 form of 8.8.8.8
+    ] {
+        assert_eq!(guard.check_address(ip(address)), Ok(()), "{address}");
+    }
+}
+
+#[test]
+fn one_refused_address_refuses_the_whole_name() {
+    let guard = EgressGuard::new(&default_settings(&[993]));
+    let result = guard.check_addresses(&[ip("93.184.216.34"), ip("10.1.2.3")]);
+    assert!(matches!(result, Err(Refusal::Address(refused, _)) if refused == ip("10.1.2.3")));
+}
+
+#[test]
+fn operators_allow_and_deny_ranges() {
+    let settings = ProbeSettings {
+        probe_allow_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        probe_deny_cidrs: vec![
+            "10.9.0.0/16".parse().unwrap(),
+            "198.18.0.0/15".parse().unwrap(),
+            "93.184.216.0/24".parse().unwrap(),
+        ],
+        ..probe_settings(&[993])
+    };
+    let guard = EgressGuard::new(&settings);
+    assert_eq!(guard.check_address(ip("10.1.2.3")), Ok(()));
+    assert_eq!(guard.check_address(ip("::ffff:10.1.2.3")), Ok(()));
+    // Denied wins over allowed, and operators can deny public ranges too.
+    assert!(guard.check_address(ip("10.9.0.1")).is_err());
+    assert!(guard.check_address(ip("93.184.216.34")).is_err());
+    // What is not allowed stays refused.
+    assert!(guard.check_address(ip("192.168.0.1")).is_err());
+}
+
+#[test]
+fn only_the_allowed_ports_pass() {
+    let guard = EgressGuard::new(&default_settings(&[993, 587]));
+    assert_eq!(guard.check_port(993), Ok(()));
+    assert_eq!(guard.check_port(587), Ok(()));
+    assert_eq!(guard.check_port(22), Err(Refusal::Port(22)));
+    let ranged = ProbeSettings {
+        probe_allowed_ports: vec!["10000-10100".parse().unwrap()],
+        ..default_settings(&[])
+    };
+    let guard = EgressGuard::new(&ranged);
+    assert_eq!(guard.check_port(10050), Ok(()));
+    assert!(guard.check_port(10101).is_err());
+}
+
+fn assert_blocked(report: &ProbeReport, field: &str) {
+    assert_eq!(report.outcome, ProbeOutcome::Blocked, "{report:#?}");
+    assert_eq!(report.stages[0].name, "resolve");
+    assert_eq!(report.stages[0].outcome, ProbeOutcome::Blocked);
+    assert_eq!(report.field, field, "{report:#?}");
+    assert!(report.connected_address.is_empty());
+}
+
+#[tokio::test]
+async fn loopback_is_refused_before_any_connection_unless_allowed() {
+    let server = FaultServer::start(Fault::Say(b"* OK ready\r\n")).await;
+    let settings = default_settings(&[server.port]);
+    let recording = RecordingConnector::default();
+    let recorded = Probe::with_connector(&settings, recording.clone());
+    // The same through the real connector: the listener is the witness.
+    let real = Probe::from_settings(&settings);
+    for host in [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "::1",
+        "[::ffff:127.0.0.1]",
+    ] {
+        let report = recorded
+            .probe(imap_request(host, server.port), ProbeContext::default())
+            .await
+            .unwrap();
+        assert_blocked(&report, "domain_settings.imap.imap_server.host");
+        let report = real
+            .probe(imap_request(host, server.port), ProbeContext::default())
+            .await
+            .unwrap();
+        assert_blocked(&report, "domain_settings.imap.imap_server.host");
+    }
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
+    assert_eq!(server.accepted(), 0, "the listener saw a connection");
+}
+
+#[tokio::test]
+async fn a_port_outside_the_allowed_list_is_refused_before_any_connection() {
+    let server = FaultServer::start(Fault::Say(b"* OK ready\r\n")).await;
+    let settings = probe_settings(&[993]);
+    let report = Probe::from_settings(&settings)
+        .probe(
+            imap_request("127.0.0.1", server.port),
+            ProbeContext::default(),
+        )
+        .await
+        .unwrap();
+    assert_blocked(&report, "domain_settings.imap.imap_server.port");
+    assert_eq!(server.accepted(), 0);
+}
+
+#[tokio::test]
+async fn non_loopback_targets_are_judged_without_sending_anything() {
+    let recording = RecordingConnector::default();
+    let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
+    for host in [
+        "10.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "fd00:ec2::254",
+        "[fd00:ec2::254]",
+    ] {
+        let report = probe
+            .probe(imap_request(host, 993), ProbeContext::default())
+            .await
+            .unwrap();
+        assert_blocked(&report, "domain_settings.imap.imap_server.host");
+    }
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_address_is_connected_to_exactly_as_checked() {
+    let recording = RecordingConnector::default();
+    let settings = ProbeSettings {
+        probe_allow_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        ..default_settings(&[993])
+    };
+    let probe = Probe::with_connector(&settings, recording.clone());
+    let report = probe
+        .probe(imap_request("10.20.30.40", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    // The recording connector refuses: the probe reports that, having tried the checked address.
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    assert_eq!(
+        recording.attempts(),
+        vec!["10.20.30.40:993".parse().unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn concurrency_and_per_account_rate_are_bounded() {
+    let server = FaultServer::start(Fault::Silent).await;
+    let settings = ProbeSettings {
+        probe_max_concurrent: 1,
+        probe_rate_per_minute: 2,
+        probe_stage_timeout: Duration::from_secs(30),
+        probe_timeout: Duration::from_secs(30),
+        ..probe_settings(&[server.port])
+    };
+    let probe = Arc::new(Probe::from_settings(&settings));
+    let running = {
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            probe
+                .probe(
+                    imap_request("127.0.0.1", server.port),
+                    ProbeContext::default(),
+                )
+                .await
+        })
+    };
+    // The first probe holds the only slot once the silent server has its connection.
+    while server.accepted() == 0 {
+        assert!(!running.is_finished(), "the first probe ended early");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = probe
+        .probe(
+            imap_request("127.0.0.1", server.port),
+            ProbeContext::default(),
+        )
+        .await;
+    assert_eq!(second.unwrap_err(), ProbeRefused::Busy);
+    running.abort();
+    let _ = running.await;
+
+    let port = crate::fault_servers::refused_port();
+    let limited = Probe::from_settings(&ProbeSettings {
+        probe_rate_per_minute: 2,
+        ..probe_settings(&[port])
+    });
+    let account = ProbeContext {
+        account_id: Some(7),
+        deadline: None,
+    };
+    // Probes of a refused port end at once; the third within the minute is refused.
+    for _ in 0..2 {
+        assert!(
+            limited
+                .probe(imap_request("127.0.0.1", port), account.clone())
+                .await
+                .is_ok()
+        );
+    }
+    let refused = limited
+        .probe(imap_request("127.0.0.1", port), account.clone())
+        .await;
+    assert!(
+        matches!(refused, Err(ProbeRefused::RateLimited { retry_after }) if retry_after > Duration::ZERO),
+        "{refused:?}"
+    );
+    // Another account is not affected.
+    let other = ProbeContext {
+        account_id: Some(8),
+        deadline: None,
+    };
+    assert!(
+        limited
+            .probe(imap_request("127.0.0.1", port), other)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn names_are_judged_by_every_address_they_resolve_to() {
+    let recording = RecordingConnector::default();
+    let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
+    for host in ["metadata.test", "intranet.test", "mixed.test"] {
+        let report = probe
+            .probe(imap_request(host, 993), ProbeContext::default())
+            .await
+            .unwrap();
+        assert_blocked(&report, "domain_settings.imap.imap_server.host");
+    }
+    assert!(
+        recording.attempts().is_empty(),
+        "{:?}",
+        recording.attempts()
+    );
+
+    // A public name is connected to at the address it resolved to (recorded, never sent).
+    let report = probe
+        .probe(imap_request("public.test", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.stages[0].outcome, ProbeOutcome::Ok, "{report:#?}");
+    assert_eq!(
+        recording.attempts(),
+        vec!["93.184.216.34:993".parse().unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_host_name_names_the_host_field() {
+    let probe = Probe::with_connector(&default_settings(&[993]), RecordingConnector::default());
+    let report = probe
+        .probe(imap_request("missing.test", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
+    assert_eq!(report.stages[0].name, "resolve");
+    assert_eq!(report.stages[0].outcome, ProbeOutcome::Failed);
+    assert!(report.stages[0].detail.contains("not found"), "{report:#?}");
+    assert_eq!(report.field, "domain_settings.imap.imap_server.host");
+}
+
+/// Accepts the address and never completes the connection, like a firewall that drops packets.
+struct BlackholeConnector;
+
+impl Connector for BlackholeConnector {
+    async fn connect(&self, _address: SocketAddr) -> io::Result<TcpStream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_connection_nobody_answers_points_at_the_egress_allowlist() {
+    let settings = ProbeSettings {
+        probe_stage_timeout: Duration::from_secs(1),
+        ..probe_settings(&[993])
+    };
+    let probe = Probe::with_connector(&settings, BlackholeConnector);
+    let report = probe
+        .probe(imap_request("127.0.0.1", 993), ProbeContext::default())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");
+    assert_eq!(report.stages[1].name, "connect");
+    assert_eq!(report.stages[1].outcome, ProbeOutcome::TimedOut);
+    assert!(report.hint.contains("AllowlistService"), "{}", report.hint);
+    assert_eq!(report.field, "domain_settings.imap.imap_server.host");
+}
