@@ -24,23 +24,24 @@ use crate::grpc::limits::LoadShedLayer;
 use crate::grpc::observe::RpcTelemetryLayer;
 use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
-use crate::grpc::{AllowlistApi, DirectoryApi, LIVENESS_SERVICE, proto};
+use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceServer;
+use crate::grpc::{AllowlistApi, DirectoryApi, DomainSettingsApi, LIVENESS_SERVICE, proto};
+use crate::probe::Probe;
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::directory::DirectoryService;
+use crate::service::domain_settings::DomainSettingsService;
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
 
 /// Services of the contract that later work implements; their methods answer UNIMPLEMENTED.
-const PENDING_SERVICES: &[&str] = &[
-    "mailconnect.v1.DomainSettingsService",
-    "mailconnect.v1.InboxConnectionService",
-];
+const PENDING_SERVICES: &[&str] = &["mailconnect.v1.InboxConnectionService"];
 
 /// Services whose health follows the database.
 const SERVED_SERVICES: &[&str] = &[
     "",
     <DirectoryServiceServer<DirectoryApi<Database>> as NamedService>::NAME,
     <AllowlistServiceServer<AllowlistApi<Database>> as NamedService>::NAME,
+    <DomainSettingsServiceServer<DomainSettingsApi<Database, Probe>> as NamedService>::NAME,
 ];
 
 pub struct Application {
@@ -139,6 +140,10 @@ impl Application {
             default_data_center,
         ));
         let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
+        let domain_settings = DomainSettingsApi::new(Arc::new(DomainSettingsService::new(
+            self.database.clone(),
+            Probe::from_settings(&self.settings.probe),
+        )));
 
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
@@ -182,6 +187,12 @@ impl Application {
             ))
             .add_service(InterceptedService::new(
                 AllowlistServiceServer::new(allowlist)
+                    .max_decoding_message_size(limits.max_recv_message_size)
+                    .max_encoding_message_size(limits.max_send_message_size),
+                auth.clone(),
+            ))
+            .add_service(InterceptedService::new(
+                DomainSettingsServiceServer::new(domain_settings)
                     .max_decoding_message_size(limits.max_recv_message_size)
                     .max_encoding_message_size(limits.max_send_message_size),
                 auth,

@@ -224,6 +224,33 @@ pub struct ProbeSettings {
     /// Most probes one account may start per minute.
     #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_rate_per_minute: u32,
+    /// Comma-separated PEM files of certificate authorities the probe trusts besides the public
+    /// (webpki) roots, e.g. a company's private CA that signs its mail servers' certificates.
+    #[arg(long, env = "MAILCONNECT_PROBE_CA_FILES", value_delimiter = ',', value_parser = parse_ca_file)]
+    pub probe_ca_files: Vec<CaFile>,
+}
+
+/// A PEM file of certificate authorities, read when the configuration is parsed so that a bad file
+/// stops startup with its name.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+fn parse_ca_file(path: &str) -> Result<CaFile, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{path} is not a PEM certificate file: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(CaFile {
+        path: PathBuf::from(path),
+        certificates,
+    })
 }
 
 /// A port or an inclusive range of ports (`993`, `10000-10100`).

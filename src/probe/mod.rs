@@ -49,7 +49,7 @@ impl<C: Connector> Probe<C> {
                 stage: settings.probe_stage_timeout,
             },
             admission: Admission::new(settings),
-            tls: TlsClient::with_webpki_roots(),
+            tls: TlsClient::with_webpki_roots(&settings.probe_ca_files),
             connector,
         }
     }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::config::CaFile;
 use crate::domain::probe::TlsInfo;
 use crate::probe::stream::RecordedTcp;
 
@@ -46,11 +47,17 @@ pub struct Handshake {
 }
 
 impl TlsClient {
-    /// Trusts the webpki (Mozilla) roots.
-    pub fn with_webpki_roots() -> Self {
-        let roots = RootCertStore {
+    /// Trusts the webpki (Mozilla) roots and the operator's extra authorities.
+    pub fn with_webpki_roots(extra: &[CaFile]) -> Self {
+        let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        for file in extra {
+            let (added, ignored) = roots.add_parsable_certificates(file.certificates.clone());
+            if ignored > 0 {
+                tracing::warn!(path = %file.path.display(), added, ignored, "some CA certificates could not be used");
+            }
+        }
         Self::with_roots(roots).expect("the webpki root store is not empty")
     }
 

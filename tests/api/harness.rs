@@ -144,7 +144,12 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
 
 /// Starts the application on a fresh database and waits until it reports SERVING.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let app = start_app(TestDatabase::create(backend)).await;
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_app`], with the test settings changed by `configure` first.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let app = start_app_with(TestDatabase::create(backend), configure).await;
     app.wait_until_serving().await;
     app
 }

@@ -31,6 +31,7 @@ pub fn probe_settings(ports: &[u16]) -> ProbeSettings {
         probe_stage_timeout: Duration::from_secs(5),
         probe_max_concurrent: 16,
         probe_rate_per_minute: 1000,
+        probe_ca_files: vec![],
     }
 }
 
@@ -145,6 +146,11 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, names[0]);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TestCertificate::write(dir, cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes the authority's certificate as PEM (for `--probe-ca-files`).
+    pub fn write_pem(&self, path: &Path) {
+        std::fs::write(path, self.issuer.pem()).unwrap();
     }
 
     pub fn roots(&self) -> RootCertStore {

@@ -3,6 +3,7 @@
 mod allowlist;
 mod cli;
 mod directory;
+mod domain_settings;
 mod fault_servers;
 mod grpcurl;
 mod hardening;

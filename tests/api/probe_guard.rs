@@ -291,6 +291,7 @@ async fn concurrency_and_per_account_rate_are_bounded() {
     let settings = ProbeSettings {
         probe_max_concurrent: 1,
         probe_rate_per_minute: 2,
+        probe_ca_files: vec![],
         probe_stage_timeout: Duration::from_secs(30),
         probe_timeout: Duration::from_secs(30),
         ..probe_settings(&[server.port])
@@ -325,6 +326,7 @@ async fn concurrency_and_per_account_rate_are_bounded() {
     let port = crate::fault_servers::refused_port();
     let limited = Probe::from_settings(&ProbeSettings {
         probe_rate_per_minute: 2,
+        probe_ca_files: vec![],
         ..probe_settings(&[port])
     });
     let account = ProbeContext {
