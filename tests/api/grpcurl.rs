@@ -131,5 +131,57 @@ async fn grpcurl_explores_and_calls_the_service() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("Unauthenticated"));
+    let shown = String::from_utf8_lossy(&output.stderr);
+    assert!(shown.contains("Unauthenticated"), "{shown}");
+    assert!(
+        shown.contains("MISSING_TOKEN"),
+        "ErrorInfo rendered: {shown}"
+    );
+
+    // A refused write shows its probe reports: grpcurl resolves them through reflection.
+    let admin = Command::new(env!("CARGO_BIN_EXE_mailconnect"))
+        .args([
+            "token",
+            "--account",
+            "42",
+            "--user",
+            "1",
+            "--role",
+            "super-admin",
+        ])
+        .env("MAILCONNECT_JWT_SECRET", TEST_SECRET)
+        .output()
+        .expect("mailconnect token");
+    let header = format!(
+        "authorization: Bearer {}",
+        String::from_utf8(admin.stdout).unwrap().trim()
+    );
+    let closed = crate::fault_servers::refused_port();
+    let body = format!(
+        r#"{{"domain_settings": {{"domain": "acme.example", "imap": {{
+            "imap_server": {{"host": "127.0.0.1", "port": {closed}, "security": "SECURITY_IMPLICIT_TLS"}},
+            "smtp_server": {{"host": "127.0.0.1", "port": {closed}, "security": "SECURITY_STARTTLS"}}}}}}}}"#
+    );
+    let output = Command::new(&grpcurl)
+        .args(["-plaintext", "-H", &header, "-d", &body, &addr])
+        .arg("mailconnect.v1.DomainSettingsService/CreateDomainSettings")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let shown = String::from_utf8_lossy(&output.stderr);
+    assert!(shown.contains("FailedPrecondition"), "{shown}");
+    assert!(
+        shown.contains(r#""reason": "PROBE_FAILED""#)
+            || shown.contains(r#""reason":"PROBE_FAILED""#),
+        "ErrorInfo rendered: {shown}"
+    );
+    assert!(!shown.contains("is not recognized"), "{shown}");
+    assert!(
+        shown.contains("type.googleapis.com/mailconnect.v1.ProbeReport"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("domain_settings.imap.imap_server.port"),
+        "the field to fix: {shown}"
+    );
 }
