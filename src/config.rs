@@ -294,3 +294,56 @@ impl Settings {
             .map_err(|v| anyhow::anyhow!("{v}"))
     }
 }
+
+/// The environment variable naming an optional settings file.
+pub const CONFIG_FILE_ENV: &str = "MAILCONNECT_CONFIG_FILE";
+
+/// Makes the settings of the file named by `MAILCONNECT_CONFIG_FILE` the defaults of the command's
+/// arguments, so that the order is defaults → file → environment → flags. The file holds lines
+/// `MAILCONNECT_NAME=value` (the environment variable names), `#` comments and blank lines; a name
+/// no argument reads is an error, so that a typo does not silently fall back to a default.
+pub fn with_config_file(command: clap::Command) -> anyhow::Result<clap::Command> {
+    let Some(path) = std::env::var_os(CONFIG_FILE_ENV) else {
+        return Ok(command);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {CONFIG_FILE_ENV} {}", Path::new(&path).display()))?;
+    let mut values = std::collections::BTreeMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').with_context(|| {
+            format!("line {} of the settings file is not NAME=value", index + 1)
+        })?;
+        values.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    let mut used = std::collections::BTreeSet::new();
+    let command = apply_defaults(command, &values, &mut used);
+    if let Some(unknown) = values.keys().find(|key| !used.contains(*key)) {
+        anyhow::bail!("the settings file names {unknown}, which is not a setting of mailconnect");
+    }
+    Ok(command)
+}
+
+fn apply_defaults(
+    command: clap::Command,
+    values: &std::collections::BTreeMap<String, String>,
+    used: &mut std::collections::BTreeSet<String>,
+) -> clap::Command {
+    let command = command.mut_args(|arg| {
+        let value = arg
+            .get_env()
+            .and_then(|name| name.to_str())
+            .and_then(|name| values.get_key_value(name));
+        match value {
+            Some((name, value)) => {
+                used.insert(name.clone());
+                arg.default_value(value.clone())
+            }
+            None => arg,
+        }
+    });
+    command.mut_subcommands(|sub| apply_defaults(sub, values, used))
+}

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use mailconnect::app::Application;
 use mailconnect::commands::{self, allowlist::AllowlistCommand};
 use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
@@ -70,7 +70,17 @@ enum TokenRole {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = match mailconnect::config::with_config_file(Cli::command()) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

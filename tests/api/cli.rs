@@ -96,3 +96,68 @@ fn token_minting_checks_its_arguments() {
         );
     }
 }
+
+/// Defaults → settings file → environment → flags.
+#[test]
+fn a_settings_file_sits_between_defaults_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mailconnect.env");
+    let database = dir.path().join("from-env.sqlite");
+    std::fs::write(
+        &file,
+        "# a typo'd scheme, to see the file is read\nMAILCONNECT_DATABASE_URL = postgress://x\n",
+    )
+    .unwrap();
+
+    let output = mailconnect()
+        .current_dir(dir.path())
+        .env("MAILCONNECT_CONFIG_FILE", &file)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\"postgress\""));
+
+    // The environment wins over the file, and a flag over both.
+    let output = mailconnect()
+        .current_dir(dir.path())
+        .env("MAILCONNECT_CONFIG_FILE", &file)
+        .env(
+            "MAILCONNECT_DATABASE_URL",
+            format!("sqlite://{}", database.display()),
+        )
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(database.exists());
+    let flagged = dir.path().join("from-flag.sqlite");
+    let output = mailconnect()
+        .current_dir(dir.path())
+        .env("MAILCONNECT_CONFIG_FILE", &file)
+        .env("MAILCONNECT_DATABASE_URL", "postgress://y")
+        .args(["migrate", "--database-url"])
+        .arg(format!("sqlite://{}", flagged.display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(flagged.exists());
+
+    // A name that is no setting is an error, not a silent default.
+    std::fs::write(&file, "MAILCONNECT_DATABSE_URL=sqlite::memory:\n").unwrap();
+    let output = mailconnect()
+        .env("MAILCONNECT_CONFIG_FILE", &file)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("MAILCONNECT_DATABSE_URL"));
+}
