@@ -5,9 +5,11 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::domain::probe::{
-    ProbeOutcome, ProbeReport, ProbeRequest, ProbeStage, ProbeTarget, Security, TlsInfo,
+    ProbeOutcome, ProbeProtocol, ProbeReport, ProbeRequest, ProbeStage, ProbeTarget, Security,
+    TlsInfo,
 };
 use crate::probe::Probe;
 use crate::probe::budget::Budget;
@@ -174,7 +176,14 @@ impl<'a> ProbeRun<'a> {
         let start = Instant::now();
         let stage_deadline = (start + self.budget.stage).min(self.deadline);
         let mark = self.transcript.mark();
-        let result = match tokio::time::timeout_at(stage_deadline, work).await {
+        let protocol = protocol_name(self.request.target.protocol());
+        let span = tracing::info_span!(
+            "probe.stage",
+            otel.name = format!("probe.{name}"),
+            probe.protocol = protocol,
+            probe.stage = name
+        );
+        let result = match tokio::time::timeout_at(stage_deadline, work.instrument(span)).await {
             Ok(result) => result,
             Err(_) => {
                 let overall = stage_deadline == self.deadline;
@@ -182,16 +191,18 @@ impl<'a> ProbeRun<'a> {
             }
         };
         let latency = start.elapsed();
+        let outcome = match &result {
+            Ok(passed) if passed.warning => ProbeOutcome::Warning,
+            Ok(_) => ProbeOutcome::Ok,
+            Err(failure) => failure.outcome,
+        };
+        crate::telemetry::record_probe_stage(protocol, name, outcome_name(outcome));
         let heard = || classify::excerpt(&self.transcript.since(mark));
         match result {
             Ok(passed) => {
                 self.stages.push(ProbeStage {
                     name: name.to_owned(),
-                    outcome: if passed.warning {
-                        ProbeOutcome::Warning
-                    } else {
-                        ProbeOutcome::Ok
-                    },
+                    outcome,
                     latency,
                     detail: passed.detail,
                     server_reply: passed.server_reply.unwrap_or_else(heard),
@@ -201,7 +212,7 @@ impl<'a> ProbeRun<'a> {
             Err(failure) => {
                 self.stages.push(ProbeStage {
                     name: name.to_owned(),
-                    outcome: failure.outcome,
+                    outcome,
                     latency,
                     detail: failure.detail.clone(),
                     server_reply: failure.server_reply.clone().unwrap_or_else(heard),
@@ -370,5 +381,26 @@ impl<'a> ProbeRun<'a> {
             connected_address: self.connected_address,
             probe_time: SystemTime::now(),
         }
+    }
+}
+
+/// The protocol as telemetry names it.
+fn protocol_name(protocol: ProbeProtocol) -> &'static str {
+    match protocol {
+        ProbeProtocol::Imap => "imap",
+        ProbeProtocol::Smtp => "smtp",
+        ProbeProtocol::Exchange => "ews",
+    }
+}
+
+/// The outcome as telemetry names it.
+fn outcome_name(outcome: ProbeOutcome) -> &'static str {
+    match outcome {
+        ProbeOutcome::Ok => "ok",
+        ProbeOutcome::Warning => "warning",
+        ProbeOutcome::Failed => "failed",
+        ProbeOutcome::TimedOut => "timed_out",
+        ProbeOutcome::Blocked => "blocked",
+        ProbeOutcome::Skipped => "skipped",
     }
 }

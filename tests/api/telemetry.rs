@@ -4,8 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailconnect::grpc::proto::GetAccountRequest;
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
+use mailconnect::grpc::proto::domain_settings::Settings;
+use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
+use mailconnect::grpc::proto::{
+    DomainSettings, ExchangeSettings, GetAccountRequest, ProbeDomainSettingsRequest,
+};
 use mailconnect::tokens::TokenKeys;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -134,6 +138,9 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
             ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
             ("RUST_LOG", "info,mailconnect=debug"),
+            // The probe call below reaches a closed loopback port.
+            ("MAILCONNECT_PROBE_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("MAILCONNECT_PROBE_ALLOWED_PORTS", "1-65535"),
         ],
     );
     let channel = server.channel();
@@ -166,6 +173,44 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // A probe's stages are spans below its call, and their outcomes are counted.
+    let admin = TokenKeys::new(
+        Some(&mailconnect::config::Secret::new(TEST_SECRET.to_owned())),
+        &[],
+    )
+    .unwrap()
+    .mint(
+        &mailconnect::domain::principal::Principal {
+            subject: "user:42:1".into(),
+            account_id: Some(42),
+            user_id: Some(1),
+            roles: vec![mailconnect::domain::principal::Role::SuperAdmin],
+        },
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let closed = crate::fault_servers::refused_port();
+    let reports = DomainSettingsServiceClient::new(channel.clone())
+        .probe_domain_settings(authed(
+            &admin,
+            ProbeDomainSettingsRequest {
+                domain_settings: Some(DomainSettings {
+                    domain: "acme.example".into(),
+                    settings: Some(Settings::Exchange(ExchangeSettings {
+                        exchange_url: format!("https://127.0.0.1:{closed}/EWS/Exchange.asmx"),
+                        scopes: vec![],
+                    })),
+                    ..Default::default()
+                }),
+                test_credentials: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports;
+    assert_eq!(reports.len(), 1);
 
     server.terminate();
     let exit = server.wait(Duration::from_secs(60)).await;
@@ -228,6 +273,28 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
                 .iter()
                 .any(|metric| metric.name == "db.client.connection.count");
             (duration && pool).then_some(())
+        })
+        .await;
+
+    received
+        .wait_for("the probe's stage spans and outcome counter", |received| {
+            let spans = received.spans.lock().unwrap();
+            let call = spans.iter().find(|span| {
+                span.name == "mailconnect.v1.DomainSettingsService/ProbeDomainSettings"
+            })?;
+            let stages: Vec<&str> = spans
+                .iter()
+                .filter(|span| span.name.starts_with("probe.") && descends_from(&spans, span, call))
+                .map(|span| span.name.as_str())
+                .collect();
+            let counted = received
+                .metrics
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|metric| metric.name == "mailconnect.probe.stage.outcomes");
+            (stages.contains(&"probe.resolve") && stages.contains(&"probe.connect") && counted)
+                .then_some(())
         })
         .await;
 
