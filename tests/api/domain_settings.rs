@@ -44,7 +44,7 @@ impl World {
         let smtp = Aiosmtpd::start(SmtpMode::StartTls)?;
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
-        let ews = FakeEws::start(&ca.issue(dir.path(), &["localhost"])).await;
+        let ews = FakeEws::start(&ca.issue(dir.path(), &["127.0.0.1"])).await;
         let ca_file = dir.path().join("ca.pem");
         ca.write_pem(&ca_file);
         let app = spawn_app_with(backend, |settings| {
@@ -94,7 +94,7 @@ impl World {
         DomainSettings {
             domain: domain.into(),
             settings: Some(Settings::Exchange(ExchangeSettings {
-                exchange_url: format!("https://localhost:{}/EWS/Exchange.asmx", self.ews.port),
+                exchange_url: format!("https://127.0.0.1:{}/EWS/Exchange.asmx", self.ews.port),
                 scopes: vec![],
             })),
             ..Default::default()
@@ -428,11 +428,11 @@ async fn etags_roles_and_tenants(backend: Backend) {
         .domain_settings
         .unwrap();
 
-    // An update of the SMTP server alone, with the current etag, probes and bumps the etag.
+    // An update that changes nothing the probe checks probes nothing, but is still a write.
     let mut patch = world.imap("acme.example");
     patch.name = stored.name.clone();
     patch.etag = stored.etag.clone();
-    let updated = client
+    let unchanged = client
         .update_domain_settings(authed(
             &admin,
             UpdateDomainSettingsRequest {
@@ -446,9 +446,44 @@ async fn etags_roles_and_tenants(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(updated.reports.len(), 2);
+    assert!(unchanged.reports.is_empty(), "{:#?}", unchanged.reports);
+    let unchanged = unchanged.domain_settings.unwrap();
+    assert_ne!(unchanged.etag, stored.etag);
+
+    // Moving IMAP to Dovecot's STARTTLS port, with the current etag, probes again.
+    let mut moved = patch.clone();
+    moved.etag = unchanged.etag.clone();
+    if let Some(Settings::Imap(imap)) = &mut moved.settings {
+        *imap.imap_server.as_mut().unwrap() = ServerAddress {
+            host: "127.0.0.1".into(),
+            port: world.dovecot.imap_port.into(),
+            security: Security::Starttls.into(),
+        };
+    }
+    let updated = client
+        .update_domain_settings(authed(
+            &admin,
+            UpdateDomainSettingsRequest {
+                domain_settings: Some(moved),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["imap.imap_server".into()],
+                }),
+                validate_only: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.reports.len(), 2, "IMAP and SMTP probed again");
     let current = updated.domain_settings.unwrap();
-    assert_ne!(current.etag, stored.etag);
+    assert_ne!(current.etag, unchanged.etag);
+    let Some(Settings::Imap(imap)) = &current.settings else {
+        panic!("imap")
+    };
+    assert_eq!(
+        imap.imap_server.as_ref().unwrap().port,
+        u32::from(world.dovecot.imap_port)
+    );
 
     // The first etag is stale now: update and delete are ABORTED.
     let status = client
