@@ -149,6 +149,7 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
          {grpcurl} -plaintext {addr} list\n\
          {grpcurl} -plaintext {addr} describe mailconnect.v1.DirectoryService\n\
          {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email_address\": \"ada@gmail.com\"}}' {addr} mailconnect.v1.DomainSettingsService/ResolveConnectionSettings\n\
          {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"format\": \"EXPORT_FORMAT_NGINX\"}}' {addr} mailconnect.v1.AllowlistService/ExportAllowlist\n",
         dir = keys.data_dir.display(),
     );

@@ -185,3 +185,59 @@ async fn grpcurl_explores_and_calls_the_service() {
         "the field to fix: {shown}"
     );
 }
+
+/// With nothing configured, `mailconnect serve` prints grpcurl commands that work as printed.
+#[test]
+fn the_printed_grpcurl_commands_work_as_printed() {
+    use std::io::{BufRead as _, BufReader};
+    let Some(grpcurl) = grpcurl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::mail_servers::free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mailconnect"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAILCONNECT_") || key.starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    let mut server = command
+        .current_dir(dir.path())
+        .args(["serve", "--listen-addr", &format!("127.0.0.1:{port}")])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mailconnect");
+    let mut token = None;
+    let mut commands = Vec::new();
+    for line in BufReader::new(server.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(value) = line.strip_prefix("export TOKEN='") {
+            token = Some(value.trim_end_matches('\'').to_owned());
+        } else if line.starts_with("grpcurl ") {
+            commands.push(line);
+        } else if line.contains("database ready: SERVING") {
+            break;
+        }
+    }
+    let token = token.expect("a token was printed");
+    assert!(commands.len() >= 3, "{commands:?}");
+    assert!(
+        dir.path()
+            .join("mailconnect-data/mailconnect.sqlite")
+            .exists()
+    );
+    for printed in &commands {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(printed.replacen("grpcurl", &grpcurl.display().to_string(), 1))
+            .env("TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{printed}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
