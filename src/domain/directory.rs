@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use super::domain_name::DomainName;
 use super::email::EmailAddress;
 use super::violation::positive_id;
 use super::{FieldViolation, Violations};
@@ -148,14 +149,11 @@ impl AccountInput<'_> {
         }
         let mut sending_domains = BTreeSet::new();
         for (index, raw) in self.sending_domains.iter().enumerate() {
-            let domain = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-            if is_dns_name(&domain) {
-                sending_domains.insert(domain);
-            } else {
-                violations.add(
-                    format!("{prefix}.sending_domains[{index}]"),
-                    format!("{raw:?} is not a domain name such as \"example.com\""),
-                );
+            if let Some(domain) = violations.check(DomainName::parse(
+                &format!("{prefix}.sending_domains[{index}]"),
+                raw,
+            )) {
+                sending_domains.insert(domain.as_str().to_owned());
             }
         }
         violations.finish(|| Account {
@@ -262,14 +260,6 @@ pub fn is_dns_label(label: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !label.starts_with('-')
         && !label.ends_with('-')
-}
-
-/// A host name of at least two labels, at most 253 characters, not an IPv4 literal.
-pub fn is_dns_name(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').count() >= 2
-        && name.split('.').all(is_dns_label)
-        && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 #[cfg(test)]
