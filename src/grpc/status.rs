@@ -83,8 +83,17 @@ impl From<ServiceError> for Status {
             ServiceError::ProbeFailed { reports } => {
                 super::probe_report::probe_failed_status(message, reports)
             }
-            ServiceError::ResourceExhausted { reason, .. } => {
-                status(Code::ResourceExhausted, reason, message, HashMap::new())
+            ServiceError::ResourceExhausted {
+                reason,
+                retry_after,
+                ..
+            } => {
+                let mut details =
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                if let Some(delay) = retry_after {
+                    details.set_retry_info(Some(delay));
+                }
+                Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             ServiceError::OutOfRange { reason, .. } => {
                 status(Code::OutOfRange, reason, message, HashMap::new())

@@ -15,7 +15,7 @@ use crate::domain::domain_settings::{
 use crate::domain::email::EmailAddress;
 use crate::domain::principal::{Principal, Role};
 use crate::domain::probe::{
-    ProbeContext, ProbeCredentials, ProbeReport, ProbeRequest, ProbeTarget,
+    ProbeContext, ProbeCredentials, ProbeRefused, ProbeReport, ProbeRequest, ProbeTarget,
 };
 use crate::domain::providers::provider_for;
 use crate::storage::StorageError;
@@ -270,6 +270,10 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
                 result.map_err(|refused| ServiceError::ResourceExhausted {
                     reason: "PROBE_CAPACITY",
                     message: refused.to_string(),
+                    retry_after: match refused {
+                        ProbeRefused::Busy => None,
+                        ProbeRefused::RateLimited { retry_after } => Some(retry_after),
+                    },
                 })
             })
             .collect()

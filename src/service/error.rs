@@ -68,6 +68,8 @@ pub enum ServiceError {
     ResourceExhausted {
         reason: &'static str,
         message: String,
+        /// When a retry can succeed, if known.
+        retry_after: Option<std::time::Duration>,
     },
     /// A position beyond the end of a sequence (a version newer than the current one).
     #[error("{message}")]

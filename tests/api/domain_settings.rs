@@ -990,3 +990,46 @@ async fn bad_input_names_the_field() {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["domain_settings.etag"]);
 }
+
+/// An account that starts more probes than its rate allows is told when to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_beyond_the_account_rate_are_refused_with_retry_info() {
+    use tonic_types::StatusExt as _;
+    let app = crate::harness::spawn_app_with(Backend::Sqlite, |settings| {
+        settings.probe.probe_rate_per_minute = 1;
+    })
+    .await;
+    let mut client = DomainSettingsServiceClient::new(app.channel.clone());
+    let admin = app.user_token(1, 7, &[Role::SuperAdmin]);
+    let probe = || ProbeDomainSettingsRequest {
+        domain_settings: Some(DomainSettings {
+            domain: "acme.example".into(),
+            settings: Some(Settings::Exchange(ExchangeSettings {
+                exchange_url: format!("https://127.0.0.1:{}/EWS/Exchange.asmx", refused_port()),
+                scopes: vec![],
+            })),
+            ..Default::default()
+        }),
+        test_credentials: None,
+    };
+    let reports = client
+        .probe_domain_settings(authed(&admin, probe()))
+        .await
+        .unwrap()
+        .into_inner()
+        .reports;
+    assert_eq!(reports[0].outcome(), ProbeOutcome::Failed);
+    let status = client
+        .probe_domain_settings(authed(&admin, probe()))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::ResourceExhausted, "PROBE_CAPACITY");
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|delay| !delay.is_zero()));
+    // Another account has its own allowance.
+    let other = app.user_token(2, 1, &[Role::SuperAdmin]);
+    client
+        .probe_domain_settings(authed(&other, probe()))
+        .await
+        .unwrap();
+}
