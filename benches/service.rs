@@ -6,7 +6,8 @@
 //! Settings come from the environment (cargo passes its own flags as arguments):
 //! `MAILCONNECT_BENCH_SERVER` (the `mailconnect` binary, required), `MAILCONNECT_BENCH_BACKEND`
 //! (`postgres` or `sqlite`), `MAILCONNECT_BENCH_OUT` (Markdown file), `MAILCONNECT_BENCH_SECONDS`
-//! (per measurement, default 3), `MAILCONNECT_BENCH_POSTGRES_URL` (server without a database,
+//! (per measurement, default 3), `MAILCONNECT_BENCH_WORKLOADS` (comma-separated keys, see
+//! `Workload::key`; default all), `MAILCONNECT_BENCH_POSTGRES_URL` (server without a database,
 //! default `postgres://postgres@127.0.0.1:5432`). Every packet goes to 127.0.0.1; every
 //! measurement stops after its duration or 1,000,000 calls.
 
@@ -97,6 +98,21 @@ impl Workload {
             Workload::CheckAddress => "CheckAddress (100k extra ranges)",
             Workload::GetAllowlist => "GetAllowlist",
             Workload::CreateWithProbe => "CreateDomainSettings + probe (Dovecot, aiosmtpd)",
+        }
+    }
+
+    /// The short name `MAILCONNECT_BENCH_WORKLOADS` selects by.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::HealthCheck => "health",
+            Workload::ResolvePreset => "resolve-preset",
+            Workload::ResolveBuiltin => "resolve-builtin",
+            Workload::ResolveMiss => "resolve-miss",
+            Workload::GetDomainSettings => "get",
+            Workload::ListDomainSettings => "list",
+            Workload::CheckAddress => "check-address",
+            Workload::GetAllowlist => "get-allowlist",
+            Workload::CreateWithProbe => "create-probe",
         }
     }
 
@@ -795,8 +811,12 @@ async fn main() {
         facts.push(("note".to_owned(), "peak RSS could not be reset: it is the process's peak so far".to_owned()));
     }
 
+    let selected = std::env::var("MAILCONNECT_BENCH_WORKLOADS").unwrap_or_default();
     let mut measurements = Vec::new();
     for workload in Workload::ALL {
+        if !selected.is_empty() && !selected.split(',').any(|key| key.trim() == workload.key()) {
+            continue;
+        }
         if workload == Workload::CreateWithProbe && mail_ports.is_none() {
             facts.push(("skipped".to_owned(), "CreateDomainSettings + probe: Dovecot or aiosmtpd is missing (scripts/bench installs them)".to_owned()));
             continue;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// The transport settings of `mailconnect serve` (flattened into [`crate::config::Settings`]).
@@ -128,4 +130,11 @@ impl ServerSettings {
         }
         Ok(Some(config))
     }
+}
+
+/// The connections a server accepts on `listener`, with TCP_NODELAY: `serve_with_incoming`
+/// ignores the builder's `tcp_nodelay`, and without it a response written in several pieces
+/// (any list of a few KiB) waits for the client's delayed ACK, about 40 ms, on every call.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
