@@ -17,7 +17,11 @@ fn index() -> RangeIndex {
         (0..ranges::EXTRA_RANGES)
             .map(|i| RangeRecord {
                 data_center: data_center.clone(),
-                protocol: if i % 2 == 0 { Protocol::Smtp } else { Protocol::Imap },
+                protocol: if i % 2 == 0 {
+                    Protocol::Smtp
+                } else {
+                    Protocol::Imap
+                },
                 cidr: ranges::range(i),
                 effective_time: 0,
                 retire_time: None,

@@ -142,7 +142,9 @@ impl Context {
 
     fn authed<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        request.metadata_mut().insert("authorization", token.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
         request.set_timeout(Duration::from_secs(30));
         request
     }
@@ -179,7 +181,8 @@ impl Context {
                     .await?;
             }
             Workload::ResolveBuiltin => {
-                let domain = ["gmail.com", "outlook.com", "yahoo.com", "icloud.com"][seq as usize % 4];
+                let domain =
+                    ["gmail.com", "outlook.com", "yahoo.com", "icloud.com"][seq as usize % 4];
                 settings
                     .resolve_connection_settings(self.user(
                         account,
@@ -606,7 +609,14 @@ async fn measure(
     duration: Duration,
 ) -> Measurement {
     // Unrecorded warm-up: connections, pools, caches.
-    run(context, channels, workload, streams, Duration::from_millis(300)).await;
+    run(
+        context,
+        channels,
+        workload,
+        streams,
+        Duration::from_millis(300),
+    )
+    .await;
     server.reset_peak_rss();
     let cpu_before = server.cpu_seconds();
     let started = Instant::now();
@@ -674,21 +684,33 @@ fn code_name(code: Code) -> String {
     format!("{code:?}")
 }
 
-fn mint(keys: &TokenKeys, account_id: Option<i64>, user_id: Option<i64>, roles: Vec<Role>) -> MetadataValue<Ascii> {
+fn mint(
+    keys: &TokenKeys,
+    account_id: Option<i64>,
+    user_id: Option<i64>,
+    roles: Vec<Role>,
+) -> MetadataValue<Ascii> {
     let principal = Principal {
         subject: format!("bench-{account_id:?}-{user_id:?}"),
         account_id,
         user_id,
         roles,
     };
-    let token = keys.mint(&principal, Duration::from_secs(6 * 3600)).unwrap();
+    let token = keys
+        .mint(&principal, Duration::from_secs(6 * 3600))
+        .unwrap();
     format!("Bearer {token}").parse().unwrap()
 }
 
 /// Other processes on the machine skew every number: the report says how busy it was.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default()
 }
 
@@ -711,7 +733,11 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
         "\n| workload | streams | calls | calls/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | CPU µs/call | peak RSS MiB | calls/s vs baseline |"
     )
     .unwrap();
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|").unwrap();
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )
+    .unwrap();
     for m in measurements {
         let baseline = measurements
             .iter()
@@ -740,7 +766,10 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
             m.cpu_seconds,
             m.cpu_seconds * 1e6 / m.calls.max(1) as f64,
             mib(m.peak_rss_kib),
-            baseline.map_or("—".to_owned(), |b| format!("{:.0} %", 100.0 * m.per_second() / b)),
+            baseline.map_or("—".to_owned(), |b| format!(
+                "{:.0} %",
+                100.0 * m.per_second() / b
+            )),
         )
         .unwrap();
     }
@@ -750,7 +779,9 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
 #[tokio::main]
 async fn main() {
     let Some(binary) = std::env::var_os("MAILCONNECT_BENCH_SERVER").map(PathBuf::from) else {
-        eprintln!("MAILCONNECT_BENCH_SERVER is not set: run scripts/bench, which builds the server and sets it");
+        eprintln!(
+            "MAILCONNECT_BENCH_SERVER is not set: run scripts/bench, which builds the server and sets it"
+        );
         std::process::exit(2);
     };
     let backend = std::env::var("MAILCONNECT_BENCH_BACKEND").unwrap_or_else(|_| "postgres".into());
@@ -764,11 +795,17 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let database = Database::create(&backend, dir.path());
     let url = database.url();
-    let mut facts = vec![("load average at the start (1, 5, 15 min)".to_owned(), load_average())];
+    let mut facts = vec![(
+        "load average at the start (1, 5, 15 min)".to_owned(),
+        load_average(),
+    )];
 
     let started = Instant::now();
     migrate(&binary, &url, dir.path());
-    facts.push(("`mailconnect migrate` on the fresh database".to_owned(), format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3)));
+    facts.push((
+        "`mailconnect migrate` on the fresh database".to_owned(),
+        format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
+    ));
     let started = Instant::now();
     database.seed();
     facts.push((
@@ -789,26 +826,45 @@ async fn main() {
         format!("{:.0} ms", to_serving.as_secs_f64() * 1e3),
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    facts.push(("idle RSS 2 s after SERVING".to_owned(), format!("{} MiB", mib(server.status_kib("VmRSS:")))));
+    facts.push((
+        "idle RSS 2 s after SERVING".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
 
     let keys = TokenKeys::new(Some(&JWT_SECRET.parse::<Secret>().unwrap()), &[]).unwrap();
     let platform = mint(&keys, None, None, vec![Role::Platform]);
     let context = Arc::new(Context {
-        users: (1..=ACCOUNTS).map(|a| mint(&keys, Some(a), Some(1000 + a), vec![])).collect(),
-        admins: (1..=ACCOUNTS).map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin])).collect(),
-        probe_addresses: ranges::probe_addresses(1024).iter().map(ToString::to_string).collect(),
+        users: (1..=ACCOUNTS)
+            .map(|a| mint(&keys, Some(a), Some(1000 + a), vec![]))
+            .collect(),
+        admins: (1..=ACCOUNTS)
+            .map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin]))
+            .collect(),
+        probe_addresses: ranges::probe_addresses(1024)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         mail_ports,
         created: AtomicU64::new(0),
     });
     let channels = connections(server.port).await;
     let published = publish_extra_ranges(channels[0].clone(), &platform).await;
     facts.push((
-        format!("PublishRanges of {} extra ranges in eu1 (2 calls)", ranges::EXTRA_RANGES),
+        format!(
+            "PublishRanges of {} extra ranges in eu1 (2 calls)",
+            ranges::EXTRA_RANGES
+        ),
         format!("{:.0} ms", published.as_secs_f64() * 1e3),
     ));
-    facts.push(("RSS after publishing".to_owned(), format!("{} MiB", mib(server.status_kib("VmRSS:")))));
+    facts.push((
+        "RSS after publishing".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
     if !server.reset_peak_rss() {
-        facts.push(("note".to_owned(), "peak RSS could not be reset: it is the process's peak so far".to_owned()));
+        facts.push((
+            "note".to_owned(),
+            "peak RSS could not be reset: it is the process's peak so far".to_owned(),
+        ));
     }
 
     let selected = std::env::var("MAILCONNECT_BENCH_WORKLOADS").unwrap_or_default();
@@ -834,7 +890,10 @@ async fn main() {
         }
     }
     facts.push(("load average at the end".to_owned(), load_average()));
-    facts.push(("RSS at the end".to_owned(), format!("{} MiB", mib(server.status_kib("VmRSS:")))));
+    facts.push((
+        "RSS at the end".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
     let table = render(&backend, &facts, &measurements);
     match out {
         Some(path) => std::fs::write(path, table).unwrap(),

@@ -31,7 +31,9 @@ pub fn probe_addresses(count: usize) -> Vec<IpAddr> {
             match (n % 2, range(i)) {
                 (0, net) => net.network(),
                 (_, IpNet::V4(_)) => IpAddr::V4(Ipv4Addr::from(0x1e00_0000_u32 + n as u32)),
-                (_, IpNet::V6(_)) => IpAddr::V6(Ipv6Addr::from((0x2a05_e000_u128 << 96) | n as u128)),
+                (_, IpNet::V6(_)) => {
+                    IpAddr::V6(Ipv6Addr::from((0x2a05_e000_u128 << 96) | n as u128))
+                }
             }
         })
         .collect()
