@@ -240,9 +240,10 @@ async fn connections_the_database_closed_are_not_reused() {
         ))
         .unwrap();
 
-    // Calls paced well under the idle check's threshold: only discarding helps here.
+    // Calls paced well under the idle check's threshold: only discarding helps here. The loop
+    // outlasts the readiness check's 5 s backoff, should its ping have met a closed connection.
     let mut consecutive = 0;
-    for _ in 0..500 {
+    for _ in 0..1000 {
         match client.get_domain_settings(get()).await {
             Err(status) if status.code() == Code::NotFound => consecutive += 1,
             _ => consecutive = 0,
