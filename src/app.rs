@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
@@ -201,7 +200,7 @@ impl Application {
                     .max_encoding_message_size(limits.max_send_message_size),
                 auth,
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result.context("gRPC server failed")?,

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
@@ -27,7 +26,7 @@ pub fn spawn<H: Health>(listener: TcpListener, health: HealthServer<H>) -> JoinH
     tokio::spawn(async move {
         let served = Server::builder()
             .add_service(health)
-            .serve_with_incoming(TcpListenerStream::new(listener))
+            .serve_with_incoming(super::server::incoming(listener))
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "health port failed");

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// The transport settings of `mailconnect serve` (flattened into [`crate::config::Settings`]).
@@ -127,5 +129,29 @@ impl ServerSettings {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
         }
         Ok(Some(config))
+    }
+}
+
+/// The connections a server accepts on `listener`, with TCP_NODELAY: `serve_with_incoming`
+/// ignores the builder's `tcp_nodelay`, and without it a response written in several pieces
+/// (any list of a few KiB) waits for the client's delayed ACK, about 40 ms, on every call.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let stream = accepted.next().await.unwrap().unwrap();
+        assert!(stream.nodelay().unwrap());
     }
 }

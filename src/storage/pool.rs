@@ -19,6 +19,9 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 /// Key of the Postgres advisory lock that serialises migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6d61_696c_636f_6e6e; // "mailconn"
 
+/// How long a pooled connection may sit unused before it is checked with `SELECT 1` on reuse.
+const CHECK_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A connection to either backend.
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -62,9 +65,20 @@ impl managed::Manager for Manager {
         SyncWrapper::new(Runtime::Tokio1, move || establish(&url)).await
     }
 
-    async fn recycle(&self, conn: &mut Self::Type, _: &Metrics) -> RecycleResult<Self::Error> {
+    /// A connection that sat idle may have been closed by the server or the network: it is
+    /// checked before reuse. One in steady use is not (the check was a second round trip and a
+    /// second blocking-thread hop on every call); `Database::run` discards a connection whose
+    /// work failed for any reason but a constraint, so a broken one is never handed out twice.
+    async fn recycle(
+        &self,
+        conn: &mut Self::Type,
+        metrics: &Metrics,
+    ) -> RecycleResult<Self::Error> {
         if conn.is_mutex_poisoned() {
             return Err(RecycleError::message("connection mutex poisoned"));
+        }
+        if metrics.last_used() < CHECK_WHEN_IDLE_FOR {
+            return Ok(());
         }
         conn.interact(|conn| diesel::sql_query("SELECT 1").execute(conn))
             .await
@@ -137,9 +151,19 @@ impl Database {
                 .get()
                 .await
                 .map_err(|e| StorageError::Unavailable(e.to_string()))?;
-            conn.interact(move |conn| in_span.in_scope(|| work(conn)))
+            let result = conn
+                .interact(move |conn| in_span.in_scope(|| work(conn)))
                 .await
-                .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))?
+                .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))
+                .and_then(|result| result);
+            if matches!(
+                result,
+                Err(StorageError::Unavailable(_) | StorageError::Internal(_))
+            ) {
+                // The connection may be broken: never reuse it (see Manager::recycle).
+                let _ = managed::Object::take(conn);
+            }
+            result
         }
         .instrument(span)
         .await

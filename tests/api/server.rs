@@ -207,3 +207,68 @@ async fn public_keys_verify_tokens_from_an_identity_provider() {
         .unwrap_err();
     assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
 }
+
+/// Pooled connections are not checked before every reuse: one the database closed must fail at
+/// most one call and then leave the pool, so that calls recover under continuous traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_database_closed_are_not_reused() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::{Connection as _, PgConnection};
+    use mailconnect::grpc::proto::GetDomainSettingsRequest;
+    use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
+    use tonic_types::StatusExt as _;
+
+    let app = spawn_app(Backend::Postgres).await;
+    let mut client = DomainSettingsServiceClient::new(app.channel.clone());
+    let user = app.user_token(1, 8, &[]);
+    let get = || {
+        authed(
+            &user,
+            GetDomainSettingsRequest {
+                name: "domainSettings/example.com".into(),
+            },
+        )
+    };
+    let answered = client.get_domain_settings(get()).await.unwrap_err();
+    assert_error(&answered, Code::NotFound, "DOMAIN_SETTINGS_NOT_FOUND");
+
+    let database = app.database_url().rsplit('/').next().unwrap().to_owned();
+    PgConnection::establish(&crate::harness::postgres_admin_url())
+        .unwrap()
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        ))
+        .unwrap();
+
+    // Calls paced well under the idle check's threshold, so only discarding a failed connection
+    // gets rid of it: each of the pool's 4 connections may fail one call, no more. Calls the
+    // readiness gate refuses (NOT_READY, should its ping meet a closed connection) do not count.
+    let mut failed_on_a_closed_connection = 0;
+    let mut consecutive = 0;
+    for _ in 0..1000 {
+        match client.get_domain_settings(get()).await {
+            Err(status) if status.code() == Code::NotFound => consecutive += 1,
+            Err(status)
+                if status
+                    .get_details_error_info()
+                    .is_some_and(|info| info.reason == "NOT_READY") =>
+            {
+                consecutive = 0
+            }
+            _ => {
+                consecutive = 0;
+                failed_on_a_closed_connection += 1;
+            }
+        }
+        if consecutive == 20 {
+            assert!(
+                failed_on_a_closed_connection <= 4,
+                "{failed_on_a_closed_connection} calls failed on closed connections"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("calls did not recover after the database closed the pooled connections");
+}

@@ -1,0 +1,905 @@
+//! The load client of `scripts/bench`: starts the release server on a fresh database, seeds it,
+//! drives every hot path at 1, 16, 64 and 256 concurrent streams over a few HTTP/2 connections,
+//! and writes a Markdown table (requests/s, latency percentiles, errors by gRPC status, server
+//! CPU time and peak RSS, ratio to the Health/Check baseline of the same run).
+//!
+//! Settings come from the environment (cargo passes its own flags as arguments):
+//! `MAILCONNECT_BENCH_SERVER` (the `mailconnect` binary, required), `MAILCONNECT_BENCH_BACKEND`
+//! (`postgres` or `sqlite`), `MAILCONNECT_BENCH_OUT` (Markdown file), `MAILCONNECT_BENCH_SECONDS`
+//! (per measurement, default 3), `MAILCONNECT_BENCH_WORKLOADS` (comma-separated keys, see
+//! `Workload::key`; default all), `MAILCONNECT_BENCH_POSTGRES_URL` (server without a database,
+//! default `postgres://postgres@127.0.0.1:5432`). Every packet goes to 127.0.0.1; every
+//! measurement stops after its duration or 1,000,000 calls.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection as _, PgConnection, SqliteConnection};
+use hdrhistogram::Histogram;
+use mailconnect::config::Secret;
+use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
+use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
+use mailconnect::grpc::proto::{
+    CheckAddressRequest, CreateDomainSettingsRequest, DomainSettings, GetAllowlistRequest,
+    GetDomainSettingsRequest, ImapSettings, ListDomainSettingsRequest, Protocol,
+    PublishRangesRequest, ResolveConnectionSettingsRequest, Security, ServerAddress,
+    domain_settings::Settings,
+};
+use mailconnect::tokens::TokenKeys;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+#[path = "support/ranges.rs"]
+mod ranges;
+
+// The test suite's Dovecot and aiosmtpd on free loopback ports (only part of it is used here).
+#[allow(dead_code)]
+#[path = "../tests/api/mail_servers.rs"]
+mod mail_servers;
+
+const ACCOUNTS: i64 = 1_000;
+/// Accounts 1..=100 have 64 presets each (a full ListDomainSettings page), the other 900 have 4:
+/// 10,000 presets in all.
+const LARGE_ACCOUNTS: i64 = 100;
+const PRESETS_LARGE: i64 = 64;
+const PRESETS_SMALL: i64 = 4;
+const CONNECTIONS: usize = 4;
+const STREAMS: [usize; 4] = [1, 16, 64, 256];
+/// The probe workload opens real IMAP and SMTP sessions: fewer streams.
+const PROBE_STREAMS: [usize; 2] = [1, 16];
+const MAX_CALLS: u64 = 1_000_000;
+const JWT_SECRET: &str = "mailconnect-bench-secret-not-for-production";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    HealthCheck,
+    ResolvePreset,
+    ResolveBuiltin,
+    ResolveMiss,
+    GetDomainSettings,
+    ListDomainSettings,
+    CheckAddress,
+    GetAllowlist,
+    CreateWithProbe,
+}
+
+impl Workload {
+    const ALL: [Workload; 9] = [
+        Workload::HealthCheck,
+        Workload::ResolvePreset,
+        Workload::ResolveBuiltin,
+        Workload::ResolveMiss,
+        Workload::GetDomainSettings,
+        Workload::ListDomainSettings,
+        Workload::CheckAddress,
+        Workload::GetAllowlist,
+        Workload::CreateWithProbe,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::HealthCheck => "Health/Check (baseline)",
+            Workload::ResolvePreset => "ResolveConnectionSettings, preset hit",
+            Workload::ResolveBuiltin => "ResolveConnectionSettings, built-in provider",
+            Workload::ResolveMiss => "ResolveConnectionSettings, miss",
+            Workload::GetDomainSettings => "GetDomainSettings",
+            Workload::ListDomainSettings => "ListDomainSettings (page of 50)",
+            Workload::CheckAddress => "CheckAddress (100k extra ranges)",
+            Workload::GetAllowlist => "GetAllowlist",
+            Workload::CreateWithProbe => "CreateDomainSettings + probe (Dovecot, aiosmtpd)",
+        }
+    }
+
+    /// The short name `MAILCONNECT_BENCH_WORKLOADS` selects by.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::HealthCheck => "health",
+            Workload::ResolvePreset => "resolve-preset",
+            Workload::ResolveBuiltin => "resolve-builtin",
+            Workload::ResolveMiss => "resolve-miss",
+            Workload::GetDomainSettings => "get",
+            Workload::ListDomainSettings => "list",
+            Workload::CheckAddress => "check-address",
+            Workload::GetAllowlist => "get-allowlist",
+            Workload::CreateWithProbe => "create-probe",
+        }
+    }
+
+    fn streams(self) -> &'static [usize] {
+        match self {
+            Workload::CreateWithProbe => &PROBE_STREAMS,
+            _ => &STREAMS,
+        }
+    }
+}
+
+/// What the calls need: tokens per account and the mail servers' ports.
+struct Context {
+    users: Vec<MetadataValue<Ascii>>,
+    admins: Vec<MetadataValue<Ascii>>,
+    probe_addresses: Vec<String>,
+    mail_ports: Option<(u16, u16)>,
+    /// Makes every created domain new, across measurements.
+    created: AtomicU64,
+}
+
+impl Context {
+    /// The account of call `seq`, spread over all accounts.
+    fn account(seq: u64) -> i64 {
+        (seq.wrapping_mul(2_654_435_761) % ACCOUNTS as u64) as i64 + 1
+    }
+
+    fn authed<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+        request.set_timeout(Duration::from_secs(30));
+        request
+    }
+
+    fn user<T>(&self, account: i64, message: T) -> Request<T> {
+        Self::authed(&self.users[account as usize - 1], message)
+    }
+
+    async fn call(&self, workload: Workload, channel: Channel, seq: u64) -> Result<(), Status> {
+        let account = Self::account(seq);
+        let preset = |seq: u64| preset_domain(account, (seq / 7) as i64 % presets_of(account));
+        let mut settings = DomainSettingsServiceClient::new(channel.clone());
+        let mut allowlist = AllowlistServiceClient::new(channel.clone());
+        match workload {
+            Workload::HealthCheck => {
+                let response = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?;
+                if response.into_inner().status() != ServingStatus::Serving {
+                    return Err(Status::unavailable("not serving"));
+                }
+            }
+            Workload::ResolvePreset => {
+                let address = format!("user{}@{}", seq % 50, preset(seq));
+                settings
+                    .resolve_connection_settings(self.user(
+                        account,
+                        ResolveConnectionSettingsRequest {
+                            email_address: address,
+                        },
+                    ))
+                    .await?;
+            }
+            Workload::ResolveBuiltin => {
+                let domain =
+                    ["gmail.com", "outlook.com", "yahoo.com", "icloud.com"][seq as usize % 4];
+                settings
+                    .resolve_connection_settings(self.user(
+                        account,
+                        ResolveConnectionSettingsRequest {
+                            email_address: format!("user{}@{domain}", seq % 50),
+                        },
+                    ))
+                    .await?;
+            }
+            Workload::ResolveMiss => {
+                // A few hundred distinct unknown domains per account: the attempted-domains
+                // upsert mostly updates a row, as it does for real users retrying.
+                let address = format!("user@unknown{}.acct{account}.example", seq % 300);
+                settings
+                    .resolve_connection_settings(self.user(
+                        account,
+                        ResolveConnectionSettingsRequest {
+                            email_address: address,
+                        },
+                    ))
+                    .await?;
+            }
+            Workload::GetDomainSettings => {
+                settings
+                    .get_domain_settings(self.user(
+                        account,
+                        GetDomainSettingsRequest {
+                            name: format!("domainSettings/{}", preset(seq)),
+                        },
+                    ))
+                    .await?;
+            }
+            Workload::ListDomainSettings => {
+                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let page = settings
+                    .list_domain_settings(self.user(
+                        account,
+                        ListDomainSettingsRequest {
+                            page_size: 50,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner();
+                if page.domain_settings.len() != 50 {
+                    return Err(Status::data_loss("a page of 50 was expected"));
+                }
+            }
+            Workload::CheckAddress => {
+                let address = &self.probe_addresses[seq as usize % self.probe_addresses.len()];
+                allowlist
+                    .check_address(self.user(
+                        account,
+                        CheckAddressRequest {
+                            ip_address: address.clone(),
+                        },
+                    ))
+                    .await?;
+            }
+            Workload::GetAllowlist => {
+                allowlist
+                    .get_allowlist(self.user(account, GetAllowlistRequest::default()))
+                    .await?;
+            }
+            Workload::CreateWithProbe => {
+                let (imaps, smtp) = self.mail_ports.expect("mail servers are running");
+                let n = self.created.fetch_add(1, Ordering::Relaxed);
+                let server = |port: u16, security: Security| ServerAddress {
+                    host: "127.0.0.1".into(),
+                    port: port.into(),
+                    security: security.into(),
+                };
+                let request = CreateDomainSettingsRequest {
+                    domain_settings: Some(DomainSettings {
+                        domain: format!("probed{n}.acct{account}.example"),
+                        settings: Some(Settings::Imap(ImapSettings {
+                            imap_server: Some(server(imaps, Security::ImplicitTls)),
+                            smtp_server: Some(server(smtp, Security::Starttls)),
+                            allow_insecure_certificate: true,
+                        })),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                settings
+                    .create_domain_settings(Self::authed(
+                        &self.admins[account as usize - 1],
+                        request,
+                    ))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn presets_of(account: i64) -> i64 {
+    if account <= LARGE_ACCOUNTS {
+        PRESETS_LARGE
+    } else {
+        PRESETS_SMALL
+    }
+}
+
+fn preset_domain(account: i64, n: i64) -> String {
+    format!("mail{n:02}.acct{account}.example")
+}
+
+/// One measurement: a workload at a number of streams.
+struct Measurement {
+    workload: Workload,
+    streams: usize,
+    calls: u64,
+    seconds: f64,
+    latency_us: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl Measurement {
+    fn per_second(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+}
+
+/// The server process, with what /proc says about it.
+struct Server {
+    child: Child,
+    port: u16,
+    clock_ticks: f64,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of the file, 12th and 13th after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / self.clock_ticks
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Starts the peak-RSS watermark afresh (Linux clear_refs 5), so VmHWM is this measurement's.
+    fn reset_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fresh database of this run, dropped at the end (Postgres) or deleted with its folder.
+enum Database {
+    Postgres { admin_url: String, name: String },
+    Sqlite { path: PathBuf },
+}
+
+impl Database {
+    fn create(backend: &str, dir: &Path) -> Database {
+        match backend {
+            "postgres" => {
+                let admin_url = std::env::var("MAILCONNECT_BENCH_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+                let name = format!("mailconnect_bench_{}", std::process::id());
+                PgConnection::establish(&format!("{admin_url}/postgres"))
+                    .expect("connect to Postgres (is it running? scripts/bench starts it)")
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap();
+                Database::Postgres { admin_url, name }
+            }
+            "sqlite" => Database::Sqlite {
+                path: dir.join("bench.sqlite"),
+            },
+            other => panic!("MAILCONNECT_BENCH_BACKEND must be postgres or sqlite, not {other}"),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Database::Postgres { admin_url, name } => format!("{admin_url}/{name}"),
+            Database::Sqlite { path } => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// Accounts and domain presets straight into the tables, in one transaction.
+    fn seed(&self) {
+        let sql = seed_sql();
+        match self {
+            Database::Postgres { .. } => PgConnection::establish(&self.url())
+                .unwrap()
+                .batch_execute(&sql)
+                .unwrap(),
+            Database::Sqlite { path } => SqliteConnection::establish(path.to_str().unwrap())
+                .unwrap()
+                .batch_execute(&sql)
+                .unwrap(),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Database::Postgres { admin_url, name } = self
+            && let Ok(mut conn) = PgConnection::establish(&format!("{admin_url}/postgres"))
+        {
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// 1,000 accounts in na1 and 10,000 presets (8 in 10 IMAP + SMTP, the rest Exchange), in the
+/// stored JSON form of src/storage/domain_settings.rs.
+fn seed_sql() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let mut sql = String::from("BEGIN;\n");
+    let accounts: Vec<String> = (1..=ACCOUNTS)
+        .map(|id| format!("({id}, 'professional', 'na1', 'acct{id}', {now}, {now})"))
+        .collect();
+    for chunk in accounts.chunks(500) {
+        writeln!(
+            sql,
+            "INSERT INTO accounts (id, tier, data_center, subdomain, create_time, update_time) VALUES {};",
+            chunk.join(",")
+        )
+        .unwrap();
+    }
+    let mut presets = Vec::new();
+    for account in 1..=ACCOUNTS {
+        for n in 0..presets_of(account) {
+            let domain = preset_domain(account, n);
+            let (kind, settings) = if n % 5 == 4 {
+                (
+                    "exchange",
+                    format!(
+                        r#"{{"kind":"exchange","url":"https://ews.{domain}/EWS/Exchange.asmx","scopes":["email","calendar"]}}"#
+                    ),
+                )
+            } else {
+                (
+                    "imap",
+                    format!(
+                        r#"{{"kind":"imap","imap":{{"host":"imap.{domain}","port":993,"security":"implicit_tls"}},"smtp":{{"host":"smtp.{domain}","port":587,"security":"starttls"}},"allow_insecure_certificate":false}}"#
+                    ),
+                )
+            };
+            presets.push(format!(
+                "({account}, '{domain}', '{kind}', '{settings}', 1, {now}, {now}, 7, {now})"
+            ));
+        }
+    }
+    for chunk in presets.chunks(500) {
+        writeln!(
+            sql,
+            "INSERT INTO domain_settings (account_id, domain, kind, settings, version, create_time, update_time, updated_by_user_id, last_verified_time) VALUES {};",
+            chunk.join(",")
+        )
+        .unwrap();
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn clock_ticks() -> f64 {
+    let output = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+fn server_command(binary: &Path, database_url: &str, dir: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MAILCONNECT_DATABASE_URL", database_url)
+        .env("MAILCONNECT_DATA_DIR", dir)
+        .env("MAILCONNECT_JWT_SECRET", JWT_SECRET)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    command
+}
+
+/// `mailconnect migrate`: the schema and the seed allowlist (na1), as a deployment's hook does.
+fn migrate(binary: &Path, database_url: &str, dir: &Path) {
+    let output = server_command(binary, database_url, dir)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mailconnect migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Starts `serve` and waits for SERVING; returns the server and how long that took.
+async fn start_server(
+    binary: &Path,
+    database_url: &str,
+    dir: &Path,
+    mail_ports: Option<(u16, u16)>,
+) -> (Server, Duration) {
+    let port = free_port();
+    let mut command = server_command(binary, database_url, dir);
+    command
+        .arg("serve")
+        .env("MAILCONNECT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("MAILCONNECT_PROBE_ALLOW_CIDRS", "127.0.0.0/8")
+        .env("MAILCONNECT_PROBE_RATE_PER_MINUTE", "1000000")
+        .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("server.err")).unwrap());
+    if let Some((imaps, smtp)) = mail_ports {
+        command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
+    }
+    let started = Instant::now();
+    let server = Server {
+        child: command.spawn().expect("start mailconnect serve"),
+        port,
+        clock_ticks: clock_ticks(),
+    };
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    loop {
+        if let Ok(channel) = endpoint.connect().await
+            && let Ok(response) = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+            && response.into_inner().status() == ServingStatus::Serving
+        {
+            return (server, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server was not SERVING after 60 s: {}",
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn connections(port: u16) -> Vec<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(endpoint.connect().await.expect("connect to the server"));
+    }
+    channels
+}
+
+/// The 100,000 extra ranges of data center eu1 through PublishRanges, one call per protocol
+/// (a publication replaces a protocol's whole set): even ranges SMTP, odd ones IMAP.
+async fn publish_extra_ranges(channel: Channel, platform: &MetadataValue<Ascii>) -> Duration {
+    let started = Instant::now();
+    let mut client = AllowlistServiceClient::new(channel);
+    for (protocol, parity) in [(Protocol::Smtp, 0), (Protocol::Imap, 1)] {
+        let ranges = (0..ranges::EXTRA_RANGES)
+            .filter(|i| i % 2 == parity)
+            .map(|i| ranges::range(i).to_string())
+            .collect();
+        client
+            .publish_ranges(Context::authed(
+                platform,
+                PublishRangesRequest {
+                    data_center: "eu1".into(),
+                    protocol: protocol.into(),
+                    ranges,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("publish the extra ranges");
+    }
+    started.elapsed()
+}
+
+/// Runs `workload` at `streams` concurrent calls for `duration` (or MAX_CALLS calls).
+async fn measure(
+    context: &Arc<Context>,
+    server: &Server,
+    channels: &[Channel],
+    workload: Workload,
+    streams: usize,
+    duration: Duration,
+) -> Measurement {
+    // Unrecorded warm-up: connections, pools, caches.
+    run(
+        context,
+        channels,
+        workload,
+        streams,
+        Duration::from_millis(300),
+    )
+    .await;
+    server.reset_peak_rss();
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let (latency_us, errors, calls) = run(context, channels, workload, streams, duration).await;
+    let seconds = started.elapsed().as_secs_f64();
+    Measurement {
+        workload,
+        streams,
+        calls,
+        seconds,
+        latency_us,
+        errors,
+        cpu_seconds: server.cpu_seconds() - cpu_before,
+        peak_rss_kib: server.status_kib("VmHWM:"),
+    }
+}
+
+async fn run(
+    context: &Arc<Context>,
+    channels: &[Channel],
+    workload: Workload,
+    streams: usize,
+    duration: Duration,
+) -> (Histogram<u64>, BTreeMap<String, u64>, u64) {
+    let deadline = Instant::now() + duration;
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..streams)
+        .map(|worker| {
+            let context = Arc::clone(context);
+            let channel = channels[worker % channels.len()].clone();
+            let issued = Arc::clone(&issued);
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+                let mut errors = BTreeMap::new();
+                while Instant::now() < deadline {
+                    let seq = issued.fetch_add(1, Ordering::Relaxed);
+                    if seq >= MAX_CALLS {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let result = context.call(workload, channel.clone(), seq).await;
+                    latency.saturating_record(started.elapsed().as_micros() as u64);
+                    if let Err(status) = result {
+                        *errors.entry(code_name(status.code())).or_insert(0) += 1;
+                    }
+                }
+                (latency, errors)
+            })
+        })
+        .collect();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+    let mut errors = BTreeMap::new();
+    for worker in workers {
+        let (worker_latency, worker_errors) = worker.await.unwrap();
+        latency.add(&worker_latency).unwrap();
+        for (code, count) in worker_errors {
+            *errors.entry(code).or_insert(0) += count;
+        }
+    }
+    let calls = latency.len();
+    (latency, errors, calls)
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}")
+}
+
+fn mint(
+    keys: &TokenKeys,
+    account_id: Option<i64>,
+    user_id: Option<i64>,
+    roles: Vec<Role>,
+) -> MetadataValue<Ascii> {
+    let principal = Principal {
+        subject: format!("bench-{account_id:?}-{user_id:?}"),
+        account_id,
+        user_id,
+        roles,
+    };
+    let token = keys
+        .mint(&principal, Duration::from_secs(6 * 3600))
+        .unwrap();
+    format!("Bearer {token}").parse().unwrap()
+}
+
+/// Other processes on the machine skew every number: the report says how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement]) -> String {
+    let mut out = String::new();
+    writeln!(out, "### {backend}\n").unwrap();
+    for (fact, value) in facts {
+        writeln!(out, "- {fact}: {value}").unwrap();
+    }
+    writeln!(
+        out,
+        "\n| workload | streams | calls | calls/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | CPU µs/call | peak RSS MiB | calls/s vs baseline |"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )
+    .unwrap();
+    for m in measurements {
+        let baseline = measurements
+            .iter()
+            .find(|b| b.workload == Workload::HealthCheck && b.streams == m.streams)
+            .map(Measurement::per_second);
+        let errors = if m.errors.is_empty() {
+            "0".to_owned()
+        } else {
+            m.errors
+                .iter()
+                .map(|(code, count)| format!("{count} {code}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} |",
+            m.workload.name(),
+            m.streams,
+            m.calls,
+            m.per_second(),
+            ms(m.latency_us.value_at_quantile(0.50)),
+            ms(m.latency_us.value_at_quantile(0.99)),
+            ms(m.latency_us.value_at_quantile(0.999)),
+            errors,
+            m.cpu_seconds,
+            m.cpu_seconds * 1e6 / m.calls.max(1) as f64,
+            mib(m.peak_rss_kib),
+            baseline.map_or("—".to_owned(), |b| format!(
+                "{:.0} %",
+                100.0 * m.per_second() / b
+            )),
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(binary) = std::env::var_os("MAILCONNECT_BENCH_SERVER").map(PathBuf::from) else {
+        // A plain `cargo bench` runs the criterion bench and skips this one.
+        eprintln!(
+            "SKIPPED: MAILCONNECT_BENCH_SERVER is not set; run scripts/bench, which builds the server and sets it"
+        );
+        return;
+    };
+    let backend = std::env::var("MAILCONNECT_BENCH_BACKEND").unwrap_or_else(|_| "postgres".into());
+    let out = std::env::var_os("MAILCONNECT_BENCH_OUT").map(PathBuf::from);
+    let duration = Duration::from_secs_f64(
+        std::env::var("MAILCONNECT_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::create(&backend, dir.path());
+    let url = database.url();
+    let mut facts = vec![(
+        "load average at the start (1, 5, 15 min)".to_owned(),
+        load_average(),
+    )];
+
+    let started = Instant::now();
+    migrate(&binary, &url, dir.path());
+    facts.push((
+        "`mailconnect migrate` on the fresh database".to_owned(),
+        format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
+    ));
+    let started = Instant::now();
+    database.seed();
+    facts.push((
+        format!("seeding {ACCOUNTS} accounts and 10,000 presets by SQL"),
+        format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
+    ));
+
+    let dovecot = mail_servers::Dovecot::start();
+    let smtp = mail_servers::Aiosmtpd::start(mail_servers::SmtpMode::StartTls);
+    let mail_ports = match (&dovecot, &smtp) {
+        (Some(dovecot), Some(smtp)) => Some((dovecot.imaps_port, smtp.port)),
+        _ => None,
+    };
+
+    let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports).await;
+    facts.push((
+        "start to SERVING (`serve` on the migrated, seeded database, first Health/Check answered SERVING)".to_owned(),
+        format!("{:.0} ms", to_serving.as_secs_f64() * 1e3),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    facts.push((
+        "idle RSS 2 s after SERVING".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
+
+    let keys = TokenKeys::new(Some(&JWT_SECRET.parse::<Secret>().unwrap()), &[]).unwrap();
+    let platform = mint(&keys, None, None, vec![Role::Platform]);
+    let context = Arc::new(Context {
+        users: (1..=ACCOUNTS)
+            .map(|a| mint(&keys, Some(a), Some(1000 + a), vec![]))
+            .collect(),
+        admins: (1..=ACCOUNTS)
+            .map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin]))
+            .collect(),
+        probe_addresses: ranges::probe_addresses(1024)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        mail_ports,
+        created: AtomicU64::new(0),
+    });
+    let channels = connections(server.port).await;
+    let published = publish_extra_ranges(channels[0].clone(), &platform).await;
+    facts.push((
+        format!(
+            "PublishRanges of {} extra ranges in eu1 (2 calls)",
+            ranges::EXTRA_RANGES
+        ),
+        format!("{:.0} ms", published.as_secs_f64() * 1e3),
+    ));
+    facts.push((
+        "RSS after publishing".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
+    if !server.reset_peak_rss() {
+        facts.push((
+            "note".to_owned(),
+            "peak RSS could not be reset: it is the process's peak so far".to_owned(),
+        ));
+    }
+
+    let selected = std::env::var("MAILCONNECT_BENCH_WORKLOADS").unwrap_or_default();
+    let mut measurements = Vec::new();
+    for workload in Workload::ALL {
+        if !selected.is_empty() && !selected.split(',').any(|key| key.trim() == workload.key()) {
+            continue;
+        }
+        if workload == Workload::CreateWithProbe && mail_ports.is_none() {
+            facts.push(("skipped".to_owned(), "CreateDomainSettings + probe: Dovecot or aiosmtpd is missing (scripts/bench installs them)".to_owned()));
+            continue;
+        }
+        for &streams in workload.streams() {
+            let m = measure(&context, &server, &channels, workload, streams, duration).await;
+            eprintln!(
+                "{backend:8} {:50} {streams:>3} streams: {:>8.0} calls/s p99 {} ms errors {:?}",
+                workload.name(),
+                m.per_second(),
+                ms(m.latency_us.value_at_quantile(0.99)),
+                m.errors
+            );
+            measurements.push(m);
+        }
+    }
+    facts.push(("load average at the end".to_owned(), load_average()));
+    facts.push((
+        "RSS at the end".to_owned(),
+        format!("{} MiB", mib(server.status_kib("VmRSS:"))),
+    ));
+    let table = render(&backend, &facts, &measurements);
+    match out {
+        Some(path) => std::fs::write(path, table).unwrap(),
+        None => println!("{table}"),
+    }
+    drop(channels);
+    drop(server);
+}
