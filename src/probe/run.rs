@@ -9,13 +9,13 @@ use tracing::Instrument as _;
 
 use crate::domain::probe::{
     ProbeOutcome, ProbeProtocol, ProbeReport, ProbeRequest, ProbeStage, ProbeTarget, Security,
-    TlsInfo,
+    ServerEndpoint, TlsInfo,
 };
 use crate::probe::Probe;
 use crate::probe::budget::Budget;
 use crate::probe::classify;
 use crate::probe::net::Connector;
-use crate::probe::stream::{RecordedTcp, Transcript};
+use crate::probe::stream::{ProbeStream, RecordedTcp, Transcript};
 use crate::probe::tls::TlsClient;
 use tokio_rustls::client::TlsStream;
 
@@ -282,6 +282,22 @@ impl<'a> ProbeRun<'a> {
 
     /// The TLS stage: handshake and certificate report. Recording stops once TLS is up, since
     /// only ciphertext passes below it.
+    /// Connects to a mail server and, for implicit TLS, runs the handshake: the opening of the
+    /// IMAP and SMTP probes (STARTTLS comes later, in the protocol).
+    pub async fn open<C: Connector>(
+        &mut self,
+        probe: &Probe<C>,
+        server: &ServerEndpoint,
+    ) -> Result<ProbeStream, Stopped> {
+        let tcp = self.connect(probe, &server.host, server.port).await?;
+        Ok(match server.security {
+            Security::ImplicitTls => ProbeStream::Tls(Box::new(
+                self.secure(&probe.tls, tcp, &server.host, &[]).await?,
+            )),
+            Security::StartTls | Security::Plaintext => ProbeStream::Plain(tcp),
+        })
+    }
+
     pub async fn secure(
         &mut self,
         tls: &TlsClient,

@@ -28,13 +28,7 @@ pub async fn probe<C: Connector>(
     run: &mut ProbeRun<'_>,
     server: &ServerEndpoint,
 ) -> Result<(), Stopped> {
-    let tcp = run.connect(probe, &server.host, server.port).await?;
-    let stream = match server.security {
-        Security::ImplicitTls => ProbeStream::Tls(Box::new(
-            run.secure(&probe.tls, tcp, &server.host, &[]).await?,
-        )),
-        Security::StartTls | Security::Plaintext => ProbeStream::Plain(tcp),
-    };
+    let stream = run.open(probe, server).await?;
     let lent = Lent::new(stream);
     let client_id = ClientId::default();
     let transcript = run.transcript.clone();

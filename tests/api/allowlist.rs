@@ -20,7 +20,9 @@ use tonic_types::StatusExt as _;
 
 use crate::backend_tests;
 use crate::cli::mailconnect;
-use crate::harness::{Backend, TestApp, assert_error, authed, spawn_app, violated_fields};
+use crate::harness::{
+    Backend, TestApp, assert_error, authed, spawn_app, violated_fields, violated_fields_with_reason,
+};
 
 /// The seed's lists (article 003), canonical, in address order.
 const SEED_SMTP: [&str; 12] = [
@@ -150,18 +152,6 @@ async fn host_account(app: &TestApp, id: i64, data_center: &str) {
         ))
         .await
         .expect("upsert account");
-}
-
-/// The field paths and the ErrorInfo reason of an INVALID_ARGUMENT status.
-fn bad_fields(status: &Status, reason: &str) -> Vec<String> {
-    assert_error(status, Code::InvalidArgument, reason);
-    status
-        .get_details_bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest on {status:?}"))
-        .field_violations
-        .into_iter()
-        .map(|violation| violation.field)
-        .collect()
 }
 
 /// The next change of a watch stream; the bound only turns a hang into a failure.
@@ -554,7 +544,7 @@ async fn check_address_at_the_edges(backend: Backend) {
     ] {
         let status = check(&app, malformed).await.unwrap_err();
         assert_eq!(
-            bad_fields(&status, "INVALID_IP_ADDRESS"),
+            violated_fields_with_reason(&status, "INVALID_IP_ADDRESS"),
             ["ip_address"],
             "{malformed:?}"
         );
@@ -792,7 +782,7 @@ async fn a_bad_batch_names_every_bad_index(backend: Backend) {
         ],
     );
     let status = try_publish(&app, request).await.unwrap_err();
-    let fields = bad_fields(&status, "INVALID_CIDR");
+    let fields = violated_fields_with_reason(&status, "INVALID_CIDR");
     assert_eq!(
         fields,
         [
@@ -826,7 +816,7 @@ async fn a_bad_batch_names_every_bad_index(backend: Backend) {
     .await
     .unwrap_err();
     assert_eq!(
-        bad_fields(&status, "INVALID_ARGUMENT"),
+        violated_fields_with_reason(&status, "INVALID_ARGUMENT"),
         ["data_center", "protocol", "ranges[1]"]
     );
     let mut bad_time = publish_request("bad1", Protocol::Smtp, &["1.1.1.1", "-"]);

@@ -289,7 +289,12 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) -> HashMap<String
 
 /// The field paths of an INVALID_ARGUMENT status's BadRequest violations.
 pub fn violated_fields(status: &Status) -> Vec<String> {
-    assert_error(status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    violated_fields_with_reason(status, "INVALID_ARGUMENT")
+}
+
+/// The field paths of an INVALID_ARGUMENT status with this ErrorInfo reason.
+pub fn violated_fields_with_reason(status: &Status, reason: &str) -> Vec<String> {
+    assert_error(status, Code::InvalidArgument, reason);
     status
         .get_details_bad_request()
         .unwrap_or_else(|| panic!("no BadRequest on {status:?}"))
