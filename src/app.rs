@@ -172,6 +172,18 @@ impl Application {
             .health_listener
             .map(|listener| health_port::spawn(listener, health_service.clone()));
         let limits = &self.settings.server;
+        // Every mailconnect.v1 service: the message size limits, behind the bearer-token check.
+        // (The limits are methods of each generated server, not of a trait, hence a macro.)
+        macro_rules! guarded {
+            ($server:ident, $api:expr) => {
+                InterceptedService::new(
+                    $server::new($api)
+                        .max_decoding_message_size(limits.max_recv_message_size)
+                        .max_encoding_message_size(limits.max_send_message_size),
+                    auth.clone(),
+                )
+            };
+        }
         let mut server = self
             .server
             .layer(RpcTelemetryLayer::new())
@@ -182,24 +194,9 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
-                DirectoryServiceServer::new(directory)
-                    .max_decoding_message_size(limits.max_recv_message_size)
-                    .max_encoding_message_size(limits.max_send_message_size),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                AllowlistServiceServer::new(allowlist)
-                    .max_decoding_message_size(limits.max_recv_message_size)
-                    .max_encoding_message_size(limits.max_send_message_size),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                DomainSettingsServiceServer::new(domain_settings)
-                    .max_decoding_message_size(limits.max_recv_message_size)
-                    .max_encoding_message_size(limits.max_send_message_size),
-                auth,
-            ))
+            .add_service(guarded!(DirectoryServiceServer, directory))
+            .add_service(guarded!(AllowlistServiceServer, allowlist))
+            .add_service(guarded!(DomainSettingsServiceServer, domain_settings))
             .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
         tokio::pin!(server);
         tokio::select! {
