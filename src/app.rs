@@ -61,7 +61,8 @@ impl Application {
         settings.default_data_center()?;
         let server = settings.server.builder()?;
         let keys = Arc::new(settings.keys.token_keys()?);
-        let database = Database::new(url, settings.database.db_max_connections)?;
+        let database = Database::new(url, settings.database.db_max_connections)?
+            .with_read_cache(settings.cache_entries);
         crate::telemetry::observe_pool(&database);
         let listener = TcpListener::bind(settings.listen_addr)
             .await
@@ -226,6 +227,7 @@ async fn track_readiness(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut ready = false;
+    let mut following = false;
     loop {
         if *stopping.borrow() {
             return;
@@ -256,6 +258,11 @@ async fn track_readiness(
         };
         match check.await {
             Ok(()) => {
+                if !ready && !following {
+                    // The schema, and so the change triggers, exist from now on.
+                    database.follow_changes().await;
+                    following = true;
+                }
                 if !ready {
                     tracing::info!(database = %database.url(), "database ready: SERVING");
                 }

@@ -179,6 +179,10 @@ pub struct Settings {
     /// `mailconnect migrate` has run).
     #[arg(long, env = "MAILCONNECT_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
+    /// Domain presets (and as many accounts) kept in the read cache of the hot paths; 0 turns the
+    /// cache off. Other replicas' writes are seen within the bound the README gives.
+    #[arg(long, env = "MAILCONNECT_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub cache_entries: usize,
     /// Data center of accounts upserted without one.
     #[arg(long, env = "MAILCONNECT_DEFAULT_DATA_CENTER", default_value = "na1")]
     pub default_data_center: String,

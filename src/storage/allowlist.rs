@@ -6,6 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use diesel::prelude::*;
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
+use super::cache::Change;
 use super::schema::{accounts, allowlist_changes, allowlist_data_centers, allowlist_ranges};
 use super::{Database, DbConnection, StorageError, per_backend};
 use crate::domain::allowlist::{AllowlistChange, Diff, Protocol, RangeRecord};
@@ -272,15 +275,21 @@ impl AllowlistStore for Database {
         &self,
         account_id: i64,
     ) -> Result<Option<DataCenterId>, StorageError> {
-        self.run(move |conn| {
-            accounts::table
-                .find(account_id)
-                .select(accounts::data_center)
-                .first::<String>(conn)
-                .optional()?
-                .map(|value| data_center(&value))
-                .transpose()
-        })
+        self.cached(
+            |cache| &cache.data_centers,
+            account_id,
+            || {
+                self.run(move |conn| {
+                    accounts::table
+                        .find(account_id)
+                        .select(accounts::data_center)
+                        .first::<String>(conn)
+                        .optional()?
+                        .map(|value| data_center(&value))
+                        .transpose()
+                })
+            },
+        )
         .await
     }
 
@@ -290,26 +299,34 @@ impl AllowlistStore for Database {
             .await
     }
 
-    async fn list(&self, data_center: &DataCenterId) -> Result<StoredList, StorageError> {
+    async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StorageError> {
         let id = data_center.as_str().to_owned();
-        self.run(move |conn| {
-            conn.transaction(|conn| {
-                // The version is read first: on Postgres a concurrent publication can only make
-                // the rows newer than the etag, which a conditional publication then refuses.
-                let (version, update_time) = current_version(conn, &id)?;
-                let records = load_records(conn, Some(&id))?;
-                Ok(StoredList {
-                    version,
-                    update_time,
-                    records,
+        self.cached(
+            |cache| &cache.allowlists,
+            id.clone(),
+            || {
+                self.run(move |conn| {
+                    conn.transaction(|conn| {
+                        // The version is read first: on Postgres a concurrent publication can
+                        // only make the rows newer than the etag, which a conditional
+                        // publication then refuses.
+                        let (version, update_time) = current_version(conn, &id)?;
+                        let records = load_records(conn, Some(&id))?;
+                        Ok(Arc::new(StoredList {
+                            version,
+                            update_time,
+                            records,
+                        }))
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
     async fn generation(&self) -> Result<i64, StorageError> {
-        self.run(generation).await
+        self.cached(|cache| &cache.generation, (), || self.run(generation))
+            .await
     }
 
     async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StorageError> {
@@ -364,7 +381,11 @@ impl AllowlistStore for Database {
     }
 
     async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StorageError> {
-        self.run(move |conn| conn.transaction(|conn| publish_locked(conn, &publication)))
-            .await
+        let change = Change::Allowlist(publication.data_center.as_str().to_owned());
+        let outcome = self
+            .run(move |conn| conn.transaction(|conn| publish_locked(conn, &publication)))
+            .await;
+        self.changed(&change);
+        outcome
     }
 }

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use super::cache::Change;
 use super::schema::{account_sending_domains, accounts, team_members, teams, users};
 use super::{Database, DbConnection, StorageError, now_micros, per_backend};
 use crate::domain::directory::{Account, DataCenterId, Team, Tier, User, UserRole};
@@ -132,46 +133,50 @@ fn load_team_members(
 
 impl DirectoryStore for Database {
     async fn upsert_account(&self, account: Account) -> Result<Account, StorageError> {
-        self.run(move |conn| {
-            conn.transaction(|conn| {
-                let now = now_micros();
-                per_backend!(conn, |c| diesel::insert_into(accounts::table)
-                    .values((
-                        accounts::id.eq(account.id),
-                        accounts::tier.eq(account.tier.as_str()),
-                        accounts::data_center.eq(account.data_center.as_str()),
-                        accounts::subdomain.eq(&account.subdomain),
-                        accounts::create_time.eq(now),
-                        accounts::update_time.eq(now),
-                    ))
-                    .on_conflict(accounts::id)
-                    .do_update()
-                    .set((
-                        accounts::tier.eq(account.tier.as_str()),
-                        accounts::data_center.eq(account.data_center.as_str()),
-                        accounts::subdomain.eq(&account.subdomain),
-                        accounts::update_time.eq(now),
-                    ))
-                    .execute(c))?;
-                diesel::delete(
-                    account_sending_domains::table
-                        .filter(account_sending_domains::account_id.eq(account.id)),
-                )
-                .execute(conn)?;
-                for domain in &account.sending_domains {
-                    diesel::insert_into(account_sending_domains::table)
+        let change = Change::Account(account.id);
+        let outcome = self
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let now = now_micros();
+                    per_backend!(conn, |c| diesel::insert_into(accounts::table)
                         .values((
-                            account_sending_domains::account_id.eq(account.id),
-                            account_sending_domains::domain.eq(domain),
+                            accounts::id.eq(account.id),
+                            accounts::tier.eq(account.tier.as_str()),
+                            accounts::data_center.eq(account.data_center.as_str()),
+                            accounts::subdomain.eq(&account.subdomain),
+                            accounts::create_time.eq(now),
+                            accounts::update_time.eq(now),
                         ))
-                        .execute(conn)?;
-                }
-                load_account(conn, account.id)?.ok_or_else(|| {
-                    StorageError::Internal("account vanished in its own write".into())
+                        .on_conflict(accounts::id)
+                        .do_update()
+                        .set((
+                            accounts::tier.eq(account.tier.as_str()),
+                            accounts::data_center.eq(account.data_center.as_str()),
+                            accounts::subdomain.eq(&account.subdomain),
+                            accounts::update_time.eq(now),
+                        ))
+                        .execute(c))?;
+                    diesel::delete(
+                        account_sending_domains::table
+                            .filter(account_sending_domains::account_id.eq(account.id)),
+                    )
+                    .execute(conn)?;
+                    for domain in &account.sending_domains {
+                        diesel::insert_into(account_sending_domains::table)
+                            .values((
+                                account_sending_domains::account_id.eq(account.id),
+                                account_sending_domains::domain.eq(domain),
+                            ))
+                            .execute(conn)?;
+                    }
+                    load_account(conn, account.id)?.ok_or_else(|| {
+                        StorageError::Internal("account vanished in its own write".into())
+                    })
                 })
             })
-        })
-        .await
+            .await;
+        self.changed(&change);
+        outcome
     }
 
     async fn get_account(&self, id: i64) -> Result<Option<Account>, StorageError> {

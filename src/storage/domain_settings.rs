@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::cache::Change;
 use super::schema::{attempted_domains, domain_settings, domain_settings_requests};
 use super::{
     Database, DbConnection, StorageError, from_micros, now_micros, per_backend, to_micros,
@@ -241,6 +242,14 @@ fn try_insert(
     })
 }
 
+/// What a write of a domain's preset makes stale in the read cache.
+fn settings_change(account_id: i64, domain: &DomainName) -> Change {
+    Change::DomainSettings {
+        account_id,
+        domain: domain.as_str().to_owned(),
+    }
+}
+
 impl DomainSettingsStore for Database {
     async fn insert(
         &self,
@@ -248,30 +257,34 @@ impl DomainSettingsStore for Database {
         settings: DomainSettings,
         request_id: Option<String>,
     ) -> Result<InsertOutcome, StorageError> {
-        self.run(move |conn| {
-            let row = Row::from_domain(account_id, &settings);
-            let domain = row.domain.clone();
-            match try_insert(conn, &row, request_id.as_deref()) {
-                // What was stored (times at the database's microsecond precision).
-                Ok(()) => Ok(InsertOutcome::Created(row.into_domain()?)),
-                Err(StorageError::Conflict(_)) => {
-                    if let Some(first) = request_id
-                        .as_deref()
-                        .map(|id| load_request(conn, account_id, id))
-                        .transpose()?
-                        .flatten()
-                    {
-                        return Ok(InsertOutcome::Replayed(first));
+        let change = settings_change(account_id, &settings.domain);
+        let outcome = self
+            .run(move |conn| {
+                let row = Row::from_domain(account_id, &settings);
+                let domain = row.domain.clone();
+                match try_insert(conn, &row, request_id.as_deref()) {
+                    // What was stored (times at the database's microsecond precision).
+                    Ok(()) => Ok(InsertOutcome::Created(row.into_domain()?)),
+                    Err(StorageError::Conflict(_)) => {
+                        if let Some(first) = request_id
+                            .as_deref()
+                            .map(|id| load_request(conn, account_id, id))
+                            .transpose()?
+                            .flatten()
+                        {
+                            return Ok(InsertOutcome::Replayed(first));
+                        }
+                        let existing = load(conn, account_id, &domain)?.ok_or_else(|| {
+                            StorageError::Internal("conflict without a conflicting row".to_owned())
+                        })?;
+                        Ok(InsertOutcome::Exists(existing.settings.kind()))
                     }
-                    let existing = load(conn, account_id, &domain)?.ok_or_else(|| {
-                        StorageError::Internal("conflict without a conflicting row".to_owned())
-                    })?;
-                    Ok(InsertOutcome::Exists(existing.settings.kind()))
+                    Err(other) => Err(other),
                 }
-                Err(other) => Err(other),
-            }
-        })
-        .await
+            })
+            .await;
+        self.changed(&change);
+        outcome
     }
 
     async fn find_request(
@@ -288,8 +301,13 @@ impl DomainSettingsStore for Database {
         account_id: i64,
         domain: DomainName,
     ) -> Result<Option<DomainSettings>, StorageError> {
-        self.run(move |conn| load(conn, account_id, domain.as_str()))
-            .await
+        let key = (account_id, domain.as_str().to_owned());
+        self.cached(
+            |cache| &cache.settings,
+            key,
+            || self.run(move |conn| load(conn, account_id, domain.as_str())),
+        )
+        .await
     }
 
     async fn update(
@@ -298,41 +316,45 @@ impl DomainSettingsStore for Database {
         settings: DomainSettings,
         expected_version: Option<i64>,
     ) -> Result<WriteOutcome<DomainSettings>, StorageError> {
-        self.run(move |conn| {
-            conn.transaction(|conn| {
-                let Some(current) = load(conn, account_id, settings.domain.as_str())? else {
-                    return Ok(WriteOutcome::NotFound);
-                };
-                if expected_version.is_some_and(|version| version != current.version) {
-                    return Ok(WriteOutcome::Stale);
-                }
-                let next = DomainSettings {
-                    version: current.version + 1,
-                    ..settings
-                };
-                let row = Row::from_domain(account_id, &next);
-                // The version check in the WHERE clause makes a concurrent writer lose cleanly.
-                let changed = diesel::update(
-                    domain_settings::table
-                        .find((account_id, &row.domain))
-                        .filter(domain_settings::version.eq(current.version)),
-                )
-                .set((
-                    domain_settings::settings.eq(&row.settings),
-                    domain_settings::version.eq(row.version),
-                    domain_settings::update_time.eq(row.update_time),
-                    domain_settings::updated_by_user_id.eq(row.updated_by_user_id),
-                    domain_settings::last_verified_time.eq(row.last_verified_time),
-                ))
-                .execute(conn)?;
-                Ok(if changed == 1 {
-                    WriteOutcome::Done(row.into_domain()?)
-                } else {
-                    WriteOutcome::Stale
+        let change = settings_change(account_id, &settings.domain);
+        let outcome = self
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let Some(current) = load(conn, account_id, settings.domain.as_str())? else {
+                        return Ok(WriteOutcome::NotFound);
+                    };
+                    if expected_version.is_some_and(|version| version != current.version) {
+                        return Ok(WriteOutcome::Stale);
+                    }
+                    let next = DomainSettings {
+                        version: current.version + 1,
+                        ..settings
+                    };
+                    let row = Row::from_domain(account_id, &next);
+                    // The version check in the WHERE clause makes a concurrent writer lose cleanly.
+                    let changed = diesel::update(
+                        domain_settings::table
+                            .find((account_id, &row.domain))
+                            .filter(domain_settings::version.eq(current.version)),
+                    )
+                    .set((
+                        domain_settings::settings.eq(&row.settings),
+                        domain_settings::version.eq(row.version),
+                        domain_settings::update_time.eq(row.update_time),
+                        domain_settings::updated_by_user_id.eq(row.updated_by_user_id),
+                        domain_settings::last_verified_time.eq(row.last_verified_time),
+                    ))
+                    .execute(conn)?;
+                    Ok(if changed == 1 {
+                        WriteOutcome::Done(row.into_domain()?)
+                    } else {
+                        WriteOutcome::Stale
+                    })
                 })
             })
-        })
-        .await
+            .await;
+        self.changed(&change);
+        outcome
     }
 
     async fn delete(
@@ -341,28 +363,32 @@ impl DomainSettingsStore for Database {
         domain: DomainName,
         expected_version: Option<i64>,
     ) -> Result<WriteOutcome<()>, StorageError> {
-        self.run(move |conn| {
-            conn.transaction(|conn| {
-                let Some(current) = load(conn, account_id, domain.as_str())? else {
-                    return Ok(WriteOutcome::NotFound);
-                };
-                if expected_version.is_some_and(|version| version != current.version) {
-                    return Ok(WriteOutcome::Stale);
-                }
-                let deleted = diesel::delete(
-                    domain_settings::table
-                        .find((account_id, domain.as_str()))
-                        .filter(domain_settings::version.eq(current.version)),
-                )
-                .execute(conn)?;
-                Ok(if deleted == 1 {
-                    WriteOutcome::Done(())
-                } else {
-                    WriteOutcome::Stale
+        let change = settings_change(account_id, &domain);
+        let outcome = self
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let Some(current) = load(conn, account_id, domain.as_str())? else {
+                        return Ok(WriteOutcome::NotFound);
+                    };
+                    if expected_version.is_some_and(|version| version != current.version) {
+                        return Ok(WriteOutcome::Stale);
+                    }
+                    let deleted = diesel::delete(
+                        domain_settings::table
+                            .find((account_id, domain.as_str()))
+                            .filter(domain_settings::version.eq(current.version)),
+                    )
+                    .execute(conn)?;
+                    Ok(if deleted == 1 {
+                        WriteOutcome::Done(())
+                    } else {
+                        WriteOutcome::Stale
+                    })
                 })
             })
-        })
-        .await
+            .await;
+        self.changed(&change);
+        outcome
     }
 
     async fn list(

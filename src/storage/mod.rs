@@ -4,6 +4,7 @@
 //! blocking threads through [`Database::run`], never on a runtime thread.
 
 pub mod allowlist;
+mod cache;
 pub mod directory;
 pub mod domain_settings;
 mod pool;

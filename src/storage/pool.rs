@@ -1,6 +1,9 @@
 //! The connection pool: one enum over both backends, pooled by deadpool, queries on its blocking
 //! threads.
 
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -9,8 +12,10 @@ use deadpool_sync::SyncWrapper;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, ConnectionError, PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use quick_cache::sync::Cache;
 use tracing::Instrument as _;
 
+use super::cache::{Change, ReadCache};
 use super::{DatabaseUrl, StorageError};
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -88,11 +93,13 @@ impl managed::Manager for Manager {
     }
 }
 
-/// The application's database: a pool plus the knowledge of which backend it is.
+/// The application's database: a pool, the knowledge of which backend it is, and the read
+/// cache of the hot paths when the server turned it on.
 #[derive(Clone)]
 pub struct Database {
     pool: Pool<Manager>,
     url: DatabaseUrl,
+    cache: Option<Arc<ReadCache>>,
 }
 
 impl Database {
@@ -120,7 +127,52 @@ impl Database {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StorageError::Config(e.to_string()))?;
-        Ok(Self { pool, url })
+        Ok(Self {
+            pool,
+            url,
+            cache: None,
+        })
+    }
+
+    /// Keeps up to `entries` hot reads in memory (none when 0). The cache answers nothing until
+    /// [`Database::follow_changes`] connected its listener.
+    pub fn with_read_cache(mut self, entries: usize) -> Self {
+        self.cache = (entries > 0).then(|| Arc::new(ReadCache::new(entries, &self.url)));
+        self
+    }
+
+    /// Starts listening for other writers' changes (once the schema, and so the Postgres
+    /// triggers, exist); returns once the listener's first connection attempt is over.
+    pub async fn follow_changes(&self) {
+        if let Some(cache) = &self.cache {
+            cache.follow(&self.url).await;
+        }
+    }
+
+    /// `load`'s value, from the read cache when it has one that no change made stale.
+    pub(super) async fn cached<K, V, F, Fut>(
+        &self,
+        pick: impl FnOnce(&ReadCache) -> &Cache<K, V>,
+        key: K,
+        load: F,
+    ) -> Result<V, StorageError>
+    where
+        K: Eq + Hash + Clone,
+        V: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, StorageError>>,
+    {
+        match &self.cache {
+            Some(cache) => cache.get_or_load(pick(cache), key, load).await,
+            None => load().await,
+        }
+    }
+
+    /// Evicts what this process just changed, so that its next read sees it.
+    pub(super) fn changed(&self, change: &Change) {
+        if let Some(cache) = &self.cache {
+            cache.apply(change);
+        }
     }
 
     pub fn url(&self) -> &DatabaseUrl {

@@ -21,7 +21,8 @@ use tonic_types::StatusExt as _;
 use crate::backend_tests;
 use crate::cli::mailconnect;
 use crate::harness::{
-    Backend, TestApp, assert_error, authed, spawn_app, violated_fields, violated_fields_with_reason,
+    Backend, TestApp, assert_error, authed, eventually, spawn_app, violated_fields,
+    violated_fields_with_reason,
 };
 
 /// The seed's lists (article 003), canonical, in address order.
@@ -272,7 +273,11 @@ async fn import_command_reports_bad_lines(backend: Backend) {
         stdout.contains("as version 1 (12 added, 0 removed)"),
         "{stdout}"
     );
-    let eu2 = get(&app, "eu2", &[Protocol::Smtp]).await;
+    // Written by another process: this replica's cache learns of it through the database.
+    let eu2 = eventually("the imported list is served", || async {
+        Some(get(&app, "eu2", &[Protocol::Smtp]).await).filter(|list| list.version == 1)
+    })
+    .await;
     assert_eq!(cidrs(&eu2), SEED_SMTP);
 
     // Published by another process: found by the watcher's periodic read of the database.
@@ -1083,3 +1088,64 @@ backend_tests!(
     ranges_can_be_announced_in_advance,
     reads_refuse_bad_filters,
 );
+
+/// Shows that `app` answers GetAllowlist for `data_center` from its cache: the version in the
+/// database is raised behind every replica's back (triggers off for that session) and `app` still
+/// serves the old one. Retried until the notifications of earlier writes (this replica's own
+/// included) have all been applied, since each empties the entry. Returns the cached version and
+/// the one in the database.
+async fn prove_cached(app: &TestApp, data_center: &str) -> (i64, i64) {
+    eventually("GetAllowlist is answered from the cache", || async {
+        let cached = get(app, data_center, &[]).await.version;
+        let in_database = cached + 100;
+        app.postgres_sql(&format!(
+            "SET session_replication_role = replica; \
+             UPDATE allowlist_data_centers SET version = {in_database} WHERE id = '{data_center}'"
+        ));
+        (get(app, data_center, &[]).await.version == cached).then_some((cached, in_database))
+    })
+    .await
+}
+
+/// Two replicas on one Postgres database: what one publishes, the other serves, although it had
+/// the old list cached (its read cache learns of the change from the trigger's NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_on_one_replica_is_served_by_the_other() {
+    let first = spawn_app(Backend::Postgres).await;
+    let second = first.spawn_replica(|_| {}).await;
+    publish(&first, "rep1", Protocol::Smtp, &["54.174.63.0/24"]).await;
+    assert!(check(&second, "54.174.63.7").await.unwrap().r#match);
+    let (_, in_database) = prove_cached(&second, "rep1").await;
+
+    let started = std::time::Instant::now();
+    publish(&first, "rep1", Protocol::Smtp, &["143.244.90.0/24"]).await;
+    let seen = eventually("the second replica serves the new list", || async {
+        Some(get(&second, "rep1", &[]).await).filter(|list| list.version == in_database + 1)
+    })
+    .await;
+    let after = started.elapsed();
+    assert_eq!(cidrs(&seen), ["143.244.90.0/24"]);
+    let matched = check(&second, "143.244.90.9").await.unwrap();
+    assert!(matched.r#match, "CheckAddress's index was rebuilt too");
+    assert!(!check(&second, "54.174.63.7").await.unwrap().r#match);
+    eprintln!("the other replica served the publication {after:?} after it was sent");
+}
+
+/// A replica whose change listener loses its connection stops answering from its cache: a change
+/// nobody announced is seen once the listener is gone (and again after it reconnected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_its_listener_reads_the_database() {
+    let app = spawn_app(Backend::Postgres).await;
+    publish(&app, "rep2", Protocol::Imap, &["141.193.190.0/24"]).await;
+    let (_, in_database) = prove_cached(&app, "rep2").await;
+    app.postgres_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() \
+         AND application_name = 'mailconnect cache listener'",
+    );
+    eventually(
+        "the unannounced change is read from the database",
+        || async { Some(get(&app, "rep2", &[]).await).filter(|list| list.version == in_database) },
+    )
+    .await;
+}

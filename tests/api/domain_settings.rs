@@ -19,7 +19,9 @@ use tonic::transport::Channel;
 
 use crate::backend_tests;
 use crate::fault_servers::{FakeEws, refused_port};
-use crate::harness::{Backend, TestApp, assert_error, authed, spawn_app_with, violated_fields};
+use crate::harness::{
+    Backend, TestApp, assert_error, authed, eventually, spawn_app_with, violated_fields,
+};
 use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER};
 
 /// The app with real mail servers beside it, and an EWS look-alike whose CA the probe trusts.
@@ -745,6 +747,120 @@ backend_tests!(
     attempted_domains_are_the_admins_to_do_list,
     probing_reports_without_storing,
 );
+
+async fn resolve_source(
+    client: &mut DomainSettingsServiceClient<Channel>,
+    token: &str,
+    email_address: &str,
+) -> SettingsSource {
+    client
+        .resolve_connection_settings(authed(
+            token,
+            ResolveConnectionSettingsRequest {
+                email_address: email_address.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .source()
+}
+
+/// Two replicas on one Postgres database: a preset created through one replica is resolved by the
+/// other, which then caches it; once deleted through the first, the second no longer serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_written_on_one_replica_is_seen_by_the_other() {
+    let Some(world) = World::start(Backend::Postgres).await else {
+        return;
+    };
+    let replica = world.app.spawn_replica(|_| {}).await;
+    let (admin, user) = (world.admin(), world.app.user_token(1, 8, &[]));
+    let (mut first, mut second) = (
+        world.client(),
+        DomainSettingsServiceClient::new(replica.channel.clone()),
+    );
+    let name = "domainSettings/replica.example";
+    // The second replica caches that the domain has no preset...
+    assert_eq!(
+        resolve_source(&mut second, &user, "ada@replica.example").await,
+        SettingsSource::None
+    );
+    first
+        .create_domain_settings(authed(&admin, create(world.exchange("replica.example"))))
+        .await
+        .unwrap();
+    // ...and learns of the one the first replica created.
+    eventually("the second replica resolves the new preset", || {
+        let mut second = second.clone();
+        let user = user.clone();
+        async move {
+            (resolve_source(&mut second, &user, "ada@replica.example").await
+                == SettingsSource::AdminPreset)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // It answers from its cache: a version raised behind every replica's back is not seen
+    // (retried until the notifications of the earlier writes have all been applied).
+    eventually("GetDomainSettings is answered from the cache", || {
+        let mut second = second.clone();
+        let (admin, app) = (admin.clone(), &world.app);
+        async move {
+            let cached = second
+                .get_domain_settings(authed(&admin, get(name)))
+                .await
+                .unwrap()
+                .into_inner()
+                .domain_settings
+                .unwrap()
+                .etag;
+            app.postgres_sql(
+                "SET session_replication_role = replica; \
+                 UPDATE domain_settings SET version = version + 100 \
+                 WHERE domain = 'replica.example'",
+            );
+            let again = second
+                .get_domain_settings(authed(&admin, get(name)))
+                .await
+                .unwrap()
+                .into_inner()
+                .domain_settings
+                .unwrap()
+                .etag;
+            (again == cached).then_some(())
+        }
+    })
+    .await;
+
+    first
+        .delete_domain_settings(authed(
+            &admin,
+            DeleteDomainSettingsRequest {
+                name: name.into(),
+                etag: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    eventually("the second replica forgets the deleted preset", || {
+        let mut second = second.clone();
+        let admin = admin.clone();
+        async move {
+            let status = second
+                .get_domain_settings(authed(&admin, get(name)))
+                .await
+                .err()?;
+            assert_error(&status, Code::NotFound, "DOMAIN_SETTINGS_NOT_FOUND");
+            Some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        resolve_source(&mut second, &user, "ada@replica.example").await,
+        SettingsSource::None
+    );
+}
 
 /// Bad input, each answered INVALID_ARGUMENT naming the exact field (no server is contacted:
 /// validation comes before the probe).

@@ -46,6 +46,10 @@ pub enum TestDatabase {
         _dir: tempfile::TempDir,
         url: String,
     },
+    /// Another replica's view of a database a [`TestApp`] owns: never dropped by this one.
+    Shared {
+        url: String,
+    },
 }
 
 impl TestDatabase {
@@ -78,7 +82,9 @@ impl TestDatabase {
 
     pub fn url(&self) -> &str {
         match self {
-            TestDatabase::Postgres { url, .. } | TestDatabase::Sqlite { url, .. } => url,
+            TestDatabase::Postgres { url, .. }
+            | TestDatabase::Sqlite { url, .. }
+            | TestDatabase::Shared { url } => url,
         }
     }
 }
@@ -131,6 +137,7 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
         },
         server: ServerSettings::default(),
         migrate_on_start: true,
+        cache_entries: 10_000,
         default_data_center: "na1".to_owned(),
         shutdown_grace: Duration::from_secs(5),
         log_format: LogFormat::Text,
@@ -238,6 +245,23 @@ impl TestApp {
         })
     }
 
+    /// A second instance of the service on this one's database (another replica), SERVING.
+    pub async fn spawn_replica(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let url = self.database_url().to_owned();
+        let replica = start_app_with(TestDatabase::Shared { url }, configure).await;
+        replica.wait_until_serving().await;
+        replica
+    }
+
+    /// Runs SQL on the test's Postgres database behind the service's back.
+    pub fn postgres_sql(&self, sql: &str) {
+        use diesel::connection::SimpleConnection as _;
+        PgConnection::establish(self.database_url())
+            .expect("connect to the test database")
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// The URL of the test's database, for commands run beside the server.
     pub fn database_url(&self) -> &str {
         self.database.url()
@@ -322,4 +346,25 @@ macro_rules! backend_tests {
             }
         )*
     };
+}
+
+/// Retries `check` until it returns `Some`, for what another process changed: a replica sees it
+/// within the read cache's bound (README, "Read cache"). The deadline only keeps a broken build
+/// from hanging; nothing here measures time.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -80,7 +80,7 @@ pub trait AllowlistStore: Send + Sync + 'static {
     fn list(
         &self,
         data_center: &DataCenterId,
-    ) -> impl Future<Output = Result<StoredList, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Arc<StoredList>, StorageError>> + Send;
     /// A number that changes whenever any data center's ranges change.
     fn generation(&self) -> impl Future<Output = Result<i64, StorageError>> + Send;
     /// Every data center's rows, with the generation read before them.
@@ -206,8 +206,9 @@ impl<S: AllowlistStore> AllowlistService<S> {
         let list = self.store.list(&data_center).await?;
         let records: Vec<RangeRecord> = list
             .records
-            .into_iter()
+            .iter()
             .filter(|record| request.protocols.contains(&record.protocol))
+            .cloned()
             .collect();
         Ok(AllowlistSnapshot {
             etag: etag(&data_center, list.version),
