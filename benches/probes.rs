@@ -314,19 +314,24 @@ fn render(run: &Run) -> String {
     )
     .unwrap();
     writeln!(out, "|---|---:|---:|---:|---:|").unwrap();
-    let rows: [(&str, fn(&Held) -> usize); 3] = [
-        ("open file descriptors (`/proc/self/fd`)", |h| h.fds),
-        ("tokio alive tasks (`num_alive_tasks`)", |h| h.tasks),
-        ("OS threads (`/proc/self/task`)", |h| h.threads),
-    ];
-    for (name, count) in rows {
+    let moments = [run.before, run.peak, run.returned, run.settled];
+    for (name, [before, peak, returned, settled]) in [
+        (
+            "open file descriptors (`/proc/self/fd`)",
+            moments.map(|held| held.fds),
+        ),
+        (
+            "tokio alive tasks (`num_alive_tasks`)",
+            moments.map(|held| held.tasks),
+        ),
+        (
+            "OS threads (`/proc/self/task`)",
+            moments.map(|held| held.threads),
+        ),
+    ] {
         writeln!(
             out,
-            "| {name} | {} | {} | {} | {} |",
-            count(&run.before),
-            count(&run.peak),
-            count(&run.returned),
-            count(&run.settled)
+            "| {name} | {before} | {peak} | {returned} | {settled} |"
         )
         .unwrap();
     }
