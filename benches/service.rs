@@ -59,6 +59,21 @@ const STREAMS: [usize; 4] = [1, 16, 64, 256];
 /// The probe workload opens real IMAP and SMTP sessions: fewer streams.
 const PROBE_STREAMS: [usize; 2] = [1, 16];
 const MAX_CALLS: u64 = 1_000_000;
+/// The overload run: a server that runs at most this many calls at once, driven at exactly that
+/// many streams (unloaded) and at four times as many.
+const OVERLOAD_CAPACITY: usize = 16;
+/// A page of 50 rows: the slowest pure database read, so an admitted call holds its slot many
+/// times longer than a refusal takes, and the excess streams keep the bound full.
+const OVERLOAD_WORKLOAD: Workload = Workload::ListDomainSettings;
+const OVERLOAD_KEY: &str = "overload";
+/// The reads the server caches, measured again at 64 streams with the cache off.
+const CACHED_READS: [Workload; 4] = [
+    Workload::ResolvePreset,
+    Workload::GetDomainSettings,
+    Workload::CheckAddress,
+    Workload::GetAllowlist,
+];
+const CACHE_OFF_KEY: &str = "cache-off";
 const JWT_SECRET: &str = "mailconnect-bench-secret-not-for-production";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -291,21 +306,94 @@ fn preset_domain(account: i64, n: i64) -> String {
     format!("mail{n:02}.acct{account}.example")
 }
 
+/// The latency of each call in microseconds, by the gRPC status it ended with.
+#[derive(Default)]
+struct Calls(BTreeMap<String, Histogram<u64>>);
+
+impl Calls {
+    const OK: &str = "Ok";
+
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+    }
+
+    fn record(&mut self, code: Code, latency: Duration) {
+        self.0
+            .entry(code_name(code))
+            .or_insert_with(Self::histogram)
+            .saturating_record(latency.as_micros() as u64);
+    }
+
+    fn add(&mut self, other: Calls) {
+        for (code, latency) in other.0 {
+            self.0
+                .entry(code)
+                .or_insert_with(Self::histogram)
+                .add(&latency)
+                .unwrap();
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.values().map(Histogram::len).sum()
+    }
+
+    /// The calls that ended with `code` (an empty histogram when none did).
+    fn of(&self, code: Code) -> Histogram<u64> {
+        self.0
+            .get(&code_name(code))
+            .cloned()
+            .unwrap_or_else(Self::histogram)
+    }
+
+    /// Every call, whatever its status.
+    fn all(&self) -> Histogram<u64> {
+        let mut all = Self::histogram();
+        for latency in self.0.values() {
+            all.add(latency).unwrap();
+        }
+        all
+    }
+
+    /// "0", or the count of each status but OK and those named in `except`.
+    fn errors(&self, except: &[Code]) -> String {
+        let skipped: Vec<String> = except.iter().map(|code| code_name(*code)).collect();
+        let errors: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(code, _)| *code != Self::OK && !skipped.contains(code))
+            .map(|(code, latency)| format!("{} {code}", latency.len()))
+            .collect();
+        if errors.is_empty() {
+            "0".to_owned()
+        } else {
+            errors.join(", ")
+        }
+    }
+}
+
 /// One measurement: a workload at a number of streams.
 struct Measurement {
     workload: Workload,
+    /// How the server differs from the run's default one (e.g. "cache off").
+    server: Option<&'static str>,
     streams: usize,
-    calls: u64,
     seconds: f64,
-    latency_us: Histogram<u64>,
-    errors: BTreeMap<String, u64>,
+    calls: Calls,
     cpu_seconds: f64,
     peak_rss_kib: u64,
 }
 
 impl Measurement {
     fn per_second(&self) -> f64 {
-        self.calls as f64 / self.seconds
+        self.calls.count() as f64 / self.seconds
+    }
+
+    fn name(&self) -> String {
+        match self.server {
+            Some(server) => format!("{}, {server}", self.workload.name()),
+            None => self.workload.name().to_owned(),
+        }
     }
 }
 
@@ -526,11 +614,13 @@ async fn start_server(
     database_url: &str,
     dir: &Path,
     mail_ports: Option<(u16, u16)>,
+    settings: &[(&str, String)],
 ) -> (Server, Duration) {
     let port = free_port();
     let mut command = server_command(binary, database_url, dir);
     command
         .arg("serve")
+        .envs(settings.iter().map(|(name, value)| (name, value)))
         .env("MAILCONNECT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("MAILCONNECT_PROBE_ALLOW_CIDRS", "127.0.0.0/8")
         .env("MAILCONNECT_PROBE_RATE_PER_MINUTE", "1000000")
@@ -620,15 +710,14 @@ async fn measure(
     server.reset_peak_rss();
     let cpu_before = server.cpu_seconds();
     let started = Instant::now();
-    let (latency_us, errors, calls) = run(context, channels, workload, streams, duration).await;
+    let calls = run(context, channels, workload, streams, duration).await;
     let seconds = started.elapsed().as_secs_f64();
     Measurement {
         workload,
+        server: None,
         streams,
-        calls,
         seconds,
-        latency_us,
-        errors,
+        calls,
         cpu_seconds: server.cpu_seconds() - cpu_before,
         peak_rss_kib: server.status_kib("VmHWM:"),
     }
@@ -640,7 +729,7 @@ async fn run(
     workload: Workload,
     streams: usize,
     duration: Duration,
-) -> (Histogram<u64>, BTreeMap<String, u64>, u64) {
+) -> Calls {
     let deadline = Instant::now() + duration;
     let issued = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..streams)
@@ -649,8 +738,7 @@ async fn run(
             let channel = channels[worker % channels.len()].clone();
             let issued = Arc::clone(&issued);
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
-                let mut errors = BTreeMap::new();
+                let mut calls = Calls::default();
                 while Instant::now() < deadline {
                     let seq = issued.fetch_add(1, Ordering::Relaxed);
                     if seq >= MAX_CALLS {
@@ -658,26 +746,18 @@ async fn run(
                     }
                     let started = Instant::now();
                     let result = context.call(workload, channel.clone(), seq).await;
-                    latency.saturating_record(started.elapsed().as_micros() as u64);
-                    if let Err(status) = result {
-                        *errors.entry(code_name(status.code())).or_insert(0) += 1;
-                    }
+                    let code = result.map_or_else(|status| status.code(), |()| Code::Ok);
+                    calls.record(code, started.elapsed());
                 }
-                (latency, errors)
+                calls
             })
         })
         .collect();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
-    let mut errors = BTreeMap::new();
+    let mut calls = Calls::default();
     for worker in workers {
-        let (worker_latency, worker_errors) = worker.await.unwrap();
-        latency.add(&worker_latency).unwrap();
-        for (code, count) in worker_errors {
-            *errors.entry(code).or_insert(0) += count;
-        }
+        calls.add(worker.await.unwrap());
     }
-    let calls = latency.len();
-    (latency, errors, calls)
+    calls
 }
 
 fn code_name(code: Code) -> String {
@@ -743,28 +823,20 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
             .iter()
             .find(|b| b.workload == Workload::HealthCheck && b.streams == m.streams)
             .map(Measurement::per_second);
-        let errors = if m.errors.is_empty() {
-            "0".to_owned()
-        } else {
-            m.errors
-                .iter()
-                .map(|(code, count)| format!("{count} {code}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let latency = m.calls.all();
         writeln!(
             out,
             "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} |",
-            m.workload.name(),
+            m.name(),
             m.streams,
-            m.calls,
+            m.calls.count(),
             m.per_second(),
-            ms(m.latency_us.value_at_quantile(0.50)),
-            ms(m.latency_us.value_at_quantile(0.99)),
-            ms(m.latency_us.value_at_quantile(0.999)),
-            errors,
+            ms(latency.value_at_quantile(0.50)),
+            ms(latency.value_at_quantile(0.99)),
+            ms(latency.value_at_quantile(0.999)),
+            m.calls.errors(&[]),
             m.cpu_seconds,
-            m.cpu_seconds * 1e6 / m.calls.max(1) as f64,
+            m.cpu_seconds * 1e6 / m.calls.count().max(1) as f64,
             mib(m.peak_rss_kib),
             baseline.map_or("—".to_owned(), |b| format!(
                 "{:.0} %",
@@ -773,6 +845,91 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
         )
         .unwrap();
     }
+    out
+}
+
+/// The overload section: the admitted (OK) and refused (RESOURCE_EXHAUSTED) calls apart, beside
+/// the health checks answered meanwhile. `phases`: unloaded, then overloaded.
+fn render_overload(phases: &[(Measurement, Calls)]) -> String {
+    let [(unloaded, _), (overloaded, _)] = phases else {
+        unreachable!("two phases are measured");
+    };
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n#### Overload: {} against a server that runs at most {OVERLOAD_CAPACITY} calls at once (`MAILCONNECT_MAX_CONCURRENT_CALLS={OVERLOAD_CAPACITY}`)\n",
+        unloaded.workload.name()
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| phase | streams | calls/s | OK calls/s | OK p50 ms | OK p99 ms | OK p99.9 ms | refused calls/s | refused p50 ms | refused p99 ms | refused p99.9 ms | other errors | server CPU s | peak RSS MiB | Health/Check meanwhile p50 / p99 ms |"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+    )
+    .unwrap();
+    let quantiles = |h: &Histogram<u64>| {
+        [0.50, 0.99, 0.999].map(|q| {
+            if h.is_empty() {
+                "—".to_owned()
+            } else {
+                ms(h.value_at_quantile(q))
+            }
+        })
+    };
+    for ((m, health), phase) in phases
+        .iter()
+        .zip(["unloaded (= capacity)", "overload (4× capacity)"])
+    {
+        let ok = m.calls.of(Code::Ok);
+        let shed = m.calls.of(Code::ResourceExhausted);
+        let [ok50, ok99, ok999] = quantiles(&ok);
+        let [shed50, shed99, shed999] = quantiles(&shed);
+        let [health50, health99, _] = quantiles(&health.all());
+        writeln!(
+            out,
+            "| {phase} | {} | {:.0} | {:.0} | {ok50} | {ok99} | {ok999} | {:.0} | {shed50} | {shed99} | {shed999} | {} | {:.2} | {} | {health50} / {health99} |",
+            m.streams,
+            m.per_second(),
+            ok.len() as f64 / m.seconds,
+            shed.len() as f64 / m.seconds,
+            m.calls.errors(&[Code::ResourceExhausted]),
+            m.cpu_seconds,
+            mib(m.peak_rss_kib),
+        )
+        .unwrap();
+    }
+    writeln!(
+        out,
+        "\nRefused means RESOURCE_EXHAUSTED (reason OVERLOADED). Every stream sends its next call as soon as the last one ends, refused or not, without backing off. One more stream sends Health/Check (never shed) throughout each phase."
+    )
+    .unwrap();
+    let p99 = |m: &Measurement, code| m.calls.of(code).value_at_quantile(0.99);
+    let unloaded_p99 = p99(unloaded, Code::Ok);
+    writeln!(
+        out,
+        "\n- admitted calls at 4×: p99 {} ms = {:.1}× the unloaded p99 of {} ms (goal ≤ 10×)",
+        ms(p99(overloaded, Code::Ok)),
+        p99(overloaded, Code::Ok) as f64 / unloaded_p99.max(1) as f64,
+        ms(unloaded_p99)
+    )
+    .unwrap();
+    let [_, shed99, shed999] = quantiles(&overloaded.calls.of(Code::ResourceExhausted));
+    writeln!(
+        out,
+        "- refused calls at 4×: p99 {shed99} ms, p99.9 {shed999} ms (goal ≤ 5 ms)"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "- server peak RSS: {} MiB unloaded, {} MiB at 4×",
+        mib(unloaded.peak_rss_kib),
+        mib(overloaded.peak_rss_kib)
+    )
+    .unwrap();
     out
 }
 
@@ -821,7 +978,7 @@ async fn main() {
         _ => None,
     };
 
-    let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports).await;
+    let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports, &[]).await;
     facts.push((
         "start to SERVING (`serve` on the migrated, seeded database, first Health/Check answered SERVING)".to_owned(),
         format!("{:.0} ms", to_serving.as_secs_f64() * 1e3),
@@ -868,10 +1025,12 @@ async fn main() {
         ));
     }
 
-    let selected = std::env::var("MAILCONNECT_BENCH_WORKLOADS").unwrap_or_default();
+    let selection = std::env::var("MAILCONNECT_BENCH_WORKLOADS").unwrap_or_default();
+    let selected =
+        |key: &str| selection.is_empty() || selection.split(',').any(|k| k.trim() == key);
     let mut measurements = Vec::new();
     for workload in Workload::ALL {
-        if !selected.is_empty() && !selected.split(',').any(|key| key.trim() == workload.key()) {
+        if !selected(workload.key()) {
             continue;
         }
         if workload == Workload::CreateWithProbe && mail_ports.is_none() {
@@ -880,13 +1039,7 @@ async fn main() {
         }
         for &streams in workload.streams() {
             let m = measure(&context, &server, &channels, workload, streams, duration).await;
-            eprintln!(
-                "{backend:8} {:50} {streams:>3} streams: {:>8.0} calls/s p99 {} ms errors {:?}",
-                workload.name(),
-                m.per_second(),
-                ms(m.latency_us.value_at_quantile(0.99)),
-                m.errors
-            );
+            log(&backend, &m);
             measurements.push(m);
         }
     }
@@ -895,11 +1048,82 @@ async fn main() {
         "RSS at the end".to_owned(),
         format!("{} MiB", mib(server.status_kib("VmRSS:"))),
     ));
-    let table = render(&backend, &facts, &measurements);
+    // Open connections would hold the server's graceful shutdown.
+    drop(channels);
+    drop(server);
+
+    // The same database, served again with one setting changed.
+    let restart = |settings: Vec<(&'static str, String)>| {
+        let (binary, url, dir) = (&binary, &url, dir.path());
+        async move {
+            let (server, _) = start_server(binary, url, dir, mail_ports, &settings).await;
+            let channels = connections(server.port).await;
+            (server, channels)
+        }
+    };
+    let mut overload = None;
+    if selected(OVERLOAD_KEY) {
+        let (server, channels) = restart(vec![(
+            "MAILCONNECT_MAX_CONCURRENT_CALLS",
+            OVERLOAD_CAPACITY.to_string(),
+        )])
+        .await;
+        let mut phases = Vec::new();
+        for streams in [OVERLOAD_CAPACITY, 4 * OVERLOAD_CAPACITY] {
+            // Health checks are never shed: one more stream of them shows what the cheapest
+            // answer costs on the machine meanwhile, to compare the refusals with.
+            let (m, health) = tokio::join!(
+                measure(
+                    &context,
+                    &server,
+                    &channels,
+                    OVERLOAD_WORKLOAD,
+                    streams,
+                    duration
+                ),
+                run(&context, &channels, Workload::HealthCheck, 1, duration),
+            );
+            log(&backend, &m);
+            phases.push((m, health));
+        }
+        overload = Some(phases);
+    }
+    // The cache pays off most where a read costs a database round trip: on Postgres.
+    if backend == "postgres" && selected(CACHE_OFF_KEY) {
+        let (server, channels) = restart(vec![("MAILCONNECT_CACHE_ENTRIES", "0".to_owned())]).await;
+        // One stream first, as the default server met these reads: 64 concurrent first
+        // CheckAddress calls would each build the index of 100,000 ranges (hundreds of MiB).
+        for workload in CACHED_READS {
+            run(&context, &channels, workload, 1, Duration::from_millis(300)).await;
+        }
+        for workload in CACHED_READS {
+            let m = measure(&context, &server, &channels, workload, 64, duration).await;
+            let m = Measurement {
+                server: Some("cache off"),
+                ..m
+            };
+            log(&backend, &m);
+            measurements.push(m);
+        }
+    }
+
+    let mut table = render(&backend, &facts, &measurements);
+    if let Some(phases) = overload {
+        table.push_str(&render_overload(&phases));
+    }
     match out {
         Some(path) => std::fs::write(path, table).unwrap(),
         None => println!("{table}"),
     }
-    drop(channels);
-    drop(server);
+}
+
+fn log(backend: &str, m: &Measurement) {
+    eprintln!(
+        "{backend:8} {:50} {:>3} streams: {:>8.0} calls/s p99 {} ms errors {}",
+        m.name(),
+        m.streams,
+        m.per_second(),
+        ms(m.calls.all().value_at_quantile(0.99)),
+        m.calls.errors(&[])
+    );
 }

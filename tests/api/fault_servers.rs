@@ -132,6 +132,30 @@ async fn hold(mut stream: TcpStream) {
     while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
 }
 
+/// A listener that never accepts, with its accept queue full: Linux drops every further SYN, so a
+/// connection attempt hears nothing at all, as from a server behind a firewall that drops packets.
+pub struct Unanswered {
+    pub port: u16,
+    _listener: TcpListener,
+    _queued: TcpStream,
+}
+
+impl Unanswered {
+    pub async fn start() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        // A backlog of 0 queues one connection: this one, which is never accepted.
+        let listener = socket.listen(0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let queued = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Self {
+            port,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
 /// A port that refuses connections: bound once, then released.
 pub fn refused_port() -> u16 {
     crate::mail_servers::free_port()

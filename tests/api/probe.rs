@@ -36,7 +36,12 @@ fn server(port: u16, security: Security) -> ServerEndpoint {
     }
 }
 
-fn imap(port: u16, security: Security, insecure: bool, password: Option<&str>) -> ProbeRequest {
+pub(crate) fn imap(
+    port: u16,
+    security: Security,
+    insecure: bool,
+    password: Option<&str>,
+) -> ProbeRequest {
     ProbeRequest {
         target: ProbeTarget::Imap(server(port, security)),
         allow_insecure_certificate: insecure,
@@ -45,7 +50,7 @@ fn imap(port: u16, security: Security, insecure: bool, password: Option<&str>) -
     }
 }
 
-fn smtp(port: u16, security: Security, password: Option<&str>) -> ProbeRequest {
+pub(crate) fn smtp(port: u16, security: Security, password: Option<&str>) -> ProbeRequest {
     ProbeRequest {
         target: ProbeTarget::Smtp(server(port, security)),
         allow_insecure_certificate: true,
@@ -79,7 +84,7 @@ fn stage(report: &ProbeReport, name: &str) -> ProbeOutcome {
         .outcome
 }
 
-fn failed_stage(report: &ProbeReport) -> &mailconnect::domain::probe::ProbeStage {
+pub(crate) fn failed_stage(report: &ProbeReport) -> &mailconnect::domain::probe::ProbeStage {
     report
         .stages
         .iter()
