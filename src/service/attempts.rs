@@ -184,14 +184,17 @@ impl<A: AttemptStore> AttemptRecorder<A> {
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             // The first tick is immediate.
             ticks.tick().await;
+            let mut last_flush_failed = false;
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
-                    () = recorder.many_pending.notified() => {}
+                    // After a failure only the ticks retry: a database that refuses at once
+                    // must not turn every call into a flush and a warning.
+                    () = recorder.many_pending.notified(), if !last_flush_failed => {}
                     _ = &mut stopped => break,
                 }
                 // A failure is logged and its counts are kept for the next turn.
-                let _ = recorder.write_pending().await;
+                last_flush_failed = recorder.write_pending().await.is_err();
             }
             if recorder.write_pending().await.is_err() {
                 tracing::warn!(
@@ -236,12 +239,13 @@ mod tests {
 
     use super::*;
 
-    /// Refuses the first `failures` writes, then keeps what it is given.
+    /// Refuses the first `failures` writes, then keeps what it is given; notes when it was called.
     #[derive(Default)]
     struct FlakyStore {
         failures: AtomicUsize,
         written: Mutex<Vec<Vec<AttemptTally>>>,
-        wrote: Notify,
+        calls: Mutex<Vec<tokio::time::Instant>>,
+        called: Notify,
     }
 
     impl FlakyStore {
@@ -259,6 +263,8 @@ mod tests {
 
     impl AttemptStore for Arc<FlakyStore> {
         async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StorageError> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            self.called.notify_one();
             let refuse = self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -269,7 +275,6 @@ mod tests {
                 return Err(StorageError::Unavailable("connection refused".into()));
             }
             self.written.lock().unwrap().push(tallies);
-            self.wrote.notify_one();
             Ok(())
         }
     }
@@ -336,17 +341,41 @@ mod tests {
         let store = Arc::new(FlakyStore::default());
         let recorder = recorder(&store);
         let flusher = recorder.start_flusher(Duration::from_secs(3600));
-        let wrote = store.wrote.notified();
         for n in 0..FLUSH_AT {
             recorder.record(1, &domain(&format!("d{n}.example")));
         }
         // The bound only turns a hang into a failure: the interval is an hour.
-        tokio::time::timeout(Duration::from_secs(60), wrote)
+        tokio::time::timeout(Duration::from_secs(60), store.called.notified())
             .await
             .expect("a flush once FLUSH_AT domains are pending");
         let written: usize = store.written().iter().map(Vec::len).sum();
         assert_eq!(written, FLUSH_AT);
         flusher.stop().await;
+    }
+
+    /// On tokio's paused clock: the first flush comes at once, the retry only with the tick.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_flush_only_the_interval_retries() {
+        let store = Arc::new(FlakyStore::failing(usize::MAX));
+        let recorder = recorder(&store);
+        let interval = Duration::from_secs(3600);
+        let start = tokio::time::Instant::now();
+        let flusher = recorder.start_flusher(interval);
+        for n in 0..FLUSH_AT {
+            recorder.record(1, &domain(&format!("d{n}.example")));
+        }
+        store.called.notified().await;
+        for n in 0..FLUSH_AT {
+            recorder.record(1, &domain(&format!("e{n}.example")));
+        }
+        store.called.notified().await;
+        let calls = store.calls.lock().unwrap().clone();
+        assert!(calls[0] - start < interval, "the first flush did not wait");
+        assert!(
+            calls[1] - start >= interval,
+            "the retry waited for the tick"
+        );
+        drop(flusher);
     }
 
     #[tokio::test]

@@ -446,7 +446,7 @@ impl DomainSettingsStore for Database {
     }
 }
 
-/// Rows per statement of a flush of attempts: 5 binds each, far below both backends' limits.
+/// Rows per statement of a flush of attempts on Postgres: 5 binds each, far below its limit.
 const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
 
 #[derive(Insertable)]
