@@ -27,6 +27,7 @@ use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceSer
 use crate::grpc::{AllowlistApi, DirectoryApi, DomainSettingsApi, LIVENESS_SERVICE, proto};
 use crate::probe::Probe;
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
+use crate::service::attempts::AttemptRecorder;
 use crate::service::directory::DirectoryService;
 use crate::service::domain_settings::DomainSettingsService;
 use crate::storage::Database;
@@ -144,8 +145,11 @@ impl Application {
             default_data_center,
         ));
         let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
+        let attempts = Arc::new(AttemptRecorder::new(self.database.clone()));
+        let attempts_flusher = attempts.start_flusher(self.settings.attempts_flush_interval);
         let domain_settings = DomainSettingsApi::new(Arc::new(DomainSettingsService::new(
             self.database.clone(),
+            attempts,
             Probe::from_settings(&self.settings.probe),
         )));
 
@@ -200,20 +204,25 @@ impl Application {
             .add_service(guarded!(DomainSettingsServiceServer, domain_settings))
             .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result.context("gRPC server failed")?,
+        let served = tokio::select! {
+            result = &mut server => result.context("gRPC server failed"),
             () = async {
                 if drain_started.await.is_ok() {
                     tokio::time::sleep(grace).await;
                 } else {
                     std::future::pending::<()>().await;
                 }
-            } => tracing::warn!(?grace, "grace period over, dropping remaining connections"),
-        }
+            } => {
+                tracing::warn!(?grace, "grace period over, dropping remaining connections");
+                Ok(())
+            }
+        };
+        // The calls that counted attempts are over: nothing they counted is lost on a clean stop.
+        attempts_flusher.stop().await;
         if let Some(health_port) = health_port {
             health_port.abort();
         }
-        Ok(())
+        served
     }
 }
 

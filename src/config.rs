@@ -189,6 +189,12 @@ pub struct Settings {
     /// After SIGTERM/SIGINT, how long in-flight calls may take before connections are dropped.
     #[arg(long, env = "MAILCONNECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// How often the attempt counts behind ListAttemptedDomains, kept in memory by
+    /// ResolveConnectionSettings, are written to the database (also at once when many are
+    /// pending, before ListAttemptedDomains reads, and at shutdown): what a crash loses, and how
+    /// late other replicas see them.
+    #[arg(long, env = "MAILCONNECT_ATTEMPTS_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub attempts_flush_interval: Duration,
     /// Log format on stdout.
     #[arg(long, env = "MAILCONNECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -232,6 +238,14 @@ pub struct ProbeSettings {
     /// (webpki) roots, e.g. a company's private CA that signs its mail servers' certificates.
     #[arg(long, env = "MAILCONNECT_PROBE_CA_FILES", value_delimiter = ',', value_parser = parse_ca_file)]
     pub probe_ca_files: Vec<CaFile>,
+}
+
+/// A duration that is more than zero.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(interval) if interval.is_zero() => Err("must be more than zero".to_owned()),
+        parsed => parsed.map_err(|error| error.to_string()),
+    }
 }
 
 /// A PEM file of certificate authorities, read when the configuration is parsed so that a bad file

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::domain::Violations;
@@ -21,6 +22,7 @@ use crate::domain::providers::provider_for;
 use crate::storage::StorageError;
 
 use super::ServiceError;
+use super::attempts::{AttemptRecorder, AttemptStore};
 use super::pagination::{Page, PageRequest, bad_token, paginate};
 use super::probing::Prober;
 
@@ -53,8 +55,8 @@ pub struct AttemptedDomain {
     pub last_attempt_time: SystemTime,
 }
 
-/// Where presets are kept.
-pub trait DomainSettingsStore: Send + Sync + 'static {
+/// Where presets are kept, and the attempts at domains without one.
+pub trait DomainSettingsStore: AttemptStore {
     /// Inserts new settings (version 1) unless the domain has some; records the request id with the
     /// result; removes the domain from the attempted list.
     fn insert(
@@ -96,12 +98,6 @@ pub trait DomainSettingsStore: Send + Sync + 'static {
         after_domain: Option<String>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DomainSettings>, StorageError>> + Send;
-    /// Counts an attempt to connect an address of `domain`.
-    fn record_attempt(
-        &self,
-        account_id: i64,
-        domain: DomainName,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
     /// Attempted domains without settings, newest attempt first, after the key
     /// `(last_attempt_micros, domain)`, at most `limit`.
     fn list_attempts(
@@ -145,6 +141,7 @@ pub enum Resolution {
 
 pub struct DomainSettingsService<S, P> {
     store: S,
+    attempts: Arc<AttemptRecorder<S>>,
     prober: P,
 }
 
@@ -244,8 +241,14 @@ fn probe_requests(
 }
 
 impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
-    pub fn new(store: S, prober: P) -> Self {
-        Self { store, prober }
+    /// `attempts` counts the attempts at domains without a preset; its flusher is the
+    /// application's to run.
+    pub fn new(store: S, attempts: Arc<AttemptRecorder<S>>, prober: P) -> Self {
+        Self {
+            store,
+            attempts,
+            prober,
+        }
     }
 
     /// Runs every probe the settings need, concurrently.
@@ -487,7 +490,8 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         }))
     }
 
-    /// The hot path: one read, plus one write when the domain has no preset.
+    /// The hot path: one read; an attempt at a domain without a preset is counted in memory and
+    /// written behind (see `attempts`).
     pub async fn resolve(
         &self,
         principal: &Principal,
@@ -499,9 +503,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         if let Some(preset) = self.store.get(account_id, domain.clone()).await? {
             return Ok((domain, Resolution::AdminPreset(preset)));
         }
-        self.store
-            .record_attempt(account_id, domain.clone())
-            .await?;
+        self.attempts.record(account_id, &domain);
         let resolution = match provider_for(domain.as_str()) {
             Some(provider) => Resolution::BuiltinProvider {
                 name: provider.name,
@@ -527,6 +529,8 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
                     .ok_or_else(bad_token)
             })
             .transpose()?;
+        // This replica's pending counts first, so that they are part of what is read.
+        self.attempts.flush().await?;
         let items = self
             .store
             .list_attempts(account_id, after, size + 1)
@@ -671,7 +675,8 @@ mod tests {
         let database = Database::new(DatabaseUrl::SqliteMemory, 1).unwrap();
         database.migrate().await.unwrap();
         DomainSettingsService::new(
-            database,
+            database.clone(),
+            Arc::new(AttemptRecorder::new(database)),
             ScriptedProber {
                 failing_hosts: failing.iter().map(|h| h.to_string()).collect(),
                 ..Default::default()
@@ -922,6 +927,8 @@ mod tests {
                 .is_err()
         );
 
+        // Still pending when the settings are created.
+        service.resolve(&user, "ada@example.org").await.unwrap();
         service
             .create(
                 &admin(),

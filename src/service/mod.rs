@@ -2,6 +2,7 @@
 //! nothing of protobuf.
 
 pub mod allowlist;
+pub mod attempts;
 pub mod directory;
 pub mod domain_settings;
 mod error;

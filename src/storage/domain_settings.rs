@@ -1,18 +1,19 @@
 //! Domain settings, their idempotency keys and the attempted domains, in the database.
 
+use diesel::dsl::case_when;
 use diesel::prelude::*;
+use diesel::upsert::excluded;
 use serde::{Deserialize, Serialize};
 
 use super::cache::Change;
 use super::schema::{attempted_domains, domain_settings, domain_settings_requests};
-use super::{
-    Database, DbConnection, StorageError, from_micros, now_micros, per_backend, to_micros,
-};
+use super::{Database, DbConnection, StorageError, from_micros, to_micros};
 use crate::domain::domain_name::DomainName;
 use crate::domain::domain_settings::{
     DomainSettings, ExchangeScope, ExchangeSettings, ImapSettings, ServerSettings, SettingsKind,
 };
 use crate::domain::probe::{Security, ServerEndpoint};
+use crate::service::attempts::{AttemptStore, AttemptTally};
 use crate::service::domain_settings::{
     AttemptedDomain, DomainSettingsStore, InsertOutcome, WriteOutcome,
 };
@@ -420,33 +421,6 @@ impl DomainSettingsStore for Database {
         .await
     }
 
-    async fn record_attempt(
-        &self,
-        account_id: i64,
-        domain: DomainName,
-    ) -> Result<(), StorageError> {
-        self.run(move |conn| {
-            let now = now_micros();
-            per_backend!(conn, |c| diesel::insert_into(attempted_domains::table)
-                .values((
-                    attempted_domains::account_id.eq(account_id),
-                    attempted_domains::domain.eq(domain.as_str()),
-                    attempted_domains::attempts.eq(1_i64),
-                    attempted_domains::first_attempt_time.eq(now),
-                    attempted_domains::last_attempt_time.eq(now),
-                ))
-                .on_conflict((attempted_domains::account_id, attempted_domains::domain))
-                .do_update()
-                .set((
-                    attempted_domains::attempts.eq(attempted_domains::attempts + 1_i64),
-                    attempted_domains::last_attempt_time.eq(now),
-                ))
-                .execute(c))?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn list_attempts(
         &self,
         account_id: i64,
@@ -493,6 +467,82 @@ impl DomainSettingsStore for Database {
                     last_attempt_time: from_micros(last),
                 })
                 .collect())
+        })
+        .await
+    }
+}
+
+/// Rows per statement of a flush of attempts on Postgres: 5 binds each, far below its limit.
+const ATTEMPT_ROWS_PER_STATEMENT: usize = 500;
+
+#[derive(Insertable)]
+#[diesel(table_name = attempted_domains)]
+struct AttemptRow {
+    account_id: i64,
+    domain: String,
+    attempts: i64,
+    first_attempt_time: i64,
+    last_attempt_time: i64,
+}
+
+/// Adds rows to `attempted_domains`: attempts add up, the earliest first and the latest last
+/// attempt time stay. (A macro: the statement is the same on both backends, its types are not.)
+macro_rules! upsert_attempts {
+    ($conn:expr, $values:expr) => {{
+        use attempted_domains::{attempts, first_attempt_time, last_attempt_time};
+        diesel::insert_into(attempted_domains::table)
+            .values($values)
+            .on_conflict((attempted_domains::account_id, attempted_domains::domain))
+            .do_update()
+            .set((
+                attempts.eq(attempts + excluded(attempts)),
+                first_attempt_time.eq(case_when(
+                    excluded(first_attempt_time).lt(first_attempt_time),
+                    excluded(first_attempt_time),
+                )
+                .otherwise(first_attempt_time)),
+                last_attempt_time.eq(case_when(
+                    excluded(last_attempt_time).gt(last_attempt_time),
+                    excluded(last_attempt_time),
+                )
+                .otherwise(last_attempt_time)),
+            ))
+            .execute($conn)?;
+    }};
+}
+
+impl AttemptStore for Database {
+    async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StorageError> {
+        let mut rows: Vec<AttemptRow> = tallies
+            .into_iter()
+            .map(|tally| AttemptRow {
+                account_id: tally.account_id,
+                domain: tally.domain.as_str().to_owned(),
+                attempts: tally.attempts,
+                first_attempt_time: to_micros(tally.first_attempt_time),
+                last_attempt_time: to_micros(tally.last_attempt_time),
+            })
+            .collect();
+        // Rows locked in key order: replicas flushing at once cannot deadlock on Postgres.
+        rows.sort_unstable_by(|a, b| (a.account_id, &a.domain).cmp(&(b.account_id, &b.domain)));
+        self.run(move |conn| {
+            conn.transaction(|conn| {
+                match conn {
+                    DbConnection::Pg(c) => {
+                        for chunk in rows.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
+                            upsert_attempts!(c, chunk);
+                        }
+                    }
+                    // Diesel cannot combine a multi-row insert with ON CONFLICT on SQLite; in
+                    // process, a statement per row costs little.
+                    DbConnection::Sqlite(c) => {
+                        for row in &rows {
+                            upsert_attempts!(c, row);
+                        }
+                    }
+                }
+                Ok(())
+            })
         })
         .await
     }

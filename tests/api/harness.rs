@@ -116,7 +116,6 @@ pub struct TestApp {
     /// The plaintext health-only address, when the settings asked for one.
     pub health_addr: Option<SocketAddr>,
     pub channel: Channel,
-    keys: TokenKeys,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     database: TestDatabase,
@@ -140,6 +139,7 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
         cache_entries: 10_000,
         default_data_center: "na1".to_owned(),
         shutdown_grace: Duration::from_secs(5),
+        attempts_flush_interval: Duration::from_secs(1),
         log_format: LogFormat::Text,
         // Loopback and any port: the tests' mail servers listen on random loopback ports.
         probe: ProbeSettings {
@@ -191,7 +191,6 @@ pub async fn start_app_with(
         addr,
         health_addr,
         channel,
-        keys: TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[]).unwrap(),
         shutdown: Some(shutdown),
         server: Some(server),
         database,
@@ -222,9 +221,7 @@ impl TestApp {
     }
 
     pub fn token(&self, principal: &Principal) -> String {
-        self.keys
-            .mint(principal, Duration::from_secs(600))
-            .expect("mint token")
+        test_token(principal)
     }
 
     pub fn platform_token(&self) -> String {
@@ -237,12 +234,7 @@ impl TestApp {
     }
 
     pub fn user_token(&self, account_id: i64, user_id: i64, roles: &[Role]) -> String {
-        self.token(&Principal {
-            subject: format!("user:{account_id}:{user_id}"),
-            account_id: Some(account_id),
-            user_id: Some(user_id),
-            roles: roles.to_vec(),
-        })
+        user_token(account_id, user_id, roles)
     }
 
     /// A second instance of the service on this one's database (another replica), SERVING.
@@ -288,6 +280,24 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// A token for `principal` signed with the test secret, valid for ten minutes.
+pub fn test_token(principal: &Principal) -> String {
+    TokenKeys::new(Some(&Secret::new(TEST_SECRET.to_owned())), &[])
+        .expect("the test secret")
+        .mint(principal, Duration::from_secs(600))
+        .expect("mint token")
+}
+
+/// A test token of a user of `account_id` with `roles`.
+pub fn user_token(account_id: i64, user_id: i64, roles: &[Role]) -> String {
+    test_token(&Principal {
+        subject: format!("user:{account_id}:{user_id}"),
+        account_id: Some(account_id),
+        user_id: Some(user_id),
+        roles: roles.to_vec(),
+    })
 }
 
 /// Wraps a message in a request carrying a bearer token.

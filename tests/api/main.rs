@@ -1,6 +1,7 @@
 //! The integration tests: the real server over real gRPC, on Postgres and on SQLite.
 
 mod allowlist;
+mod attempted_domains;
 mod cli;
 mod directory;
 mod domain_settings;

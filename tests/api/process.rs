@@ -7,6 +7,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
 use crate::harness::{TEST_SECRET, TestDatabase};
 
 pub struct ServerProcess {
@@ -81,6 +85,22 @@ impl ServerProcess {
         tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect_lazy()
+    }
+
+    /// Polls health until SERVING; the bound only turns a hang into a failure.
+    pub async fn wait_until_serving(&self) {
+        let channel = self.channel();
+        for _ in 0..1500 {
+            let check = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest::default())
+                .await;
+            if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("mailconnect never reported SERVING");
     }
 
     /// Sends SIGTERM, as Kubernetes does.

@@ -30,9 +30,6 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::backend_tests;
 use crate::harness::{Backend, TEST_SECRET, TestDatabase, authed};
@@ -160,7 +157,7 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
     )
     .unwrap();
 
-    wait_until_serving(&channel).await;
+    server.wait_until_serving().await;
     let mut request = authed(&token, GetAccountRequest { account_id: 42 });
     request.metadata_mut().insert(
         "traceparent",
@@ -311,19 +308,6 @@ backend_tests!(calls_are_traced_over_otlp_continuing_the_callers_trace);
 
 /// Polls health until SERVING (readiness follows the database); the bound only turns a hang
 /// into a failure.
-async fn wait_until_serving(channel: &tonic::transport::Channel) {
-    for _ in 0..1500 {
-        let check = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest::default())
-            .await;
-        if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("mailconnect never reported SERVING");
-}
-
 /// Whether `span` is below `ancestor` in its trace (the handler's own span may sit between).
 fn descends_from(spans: &[Span], span: &Span, ancestor: &Span) -> bool {
     let mut parent = &span.parent_span_id;
