@@ -74,6 +74,9 @@ const CACHED_READS: [Workload; 4] = [
     Workload::GetAllowlist,
 ];
 const CACHE_OFF_KEY: &str = "cache-off";
+/// Two replicas on one Postgres database: how long one takes to serve what the other published.
+const PROPAGATION_KEY: &str = "propagation";
+const PROPAGATION_WRITES: usize = 200;
 const JWT_SECRET: &str = "mailconnect-bench-secret-not-for-production";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -689,6 +692,68 @@ async fn publish_extra_ranges(channel: Channel, platform: &MetadataValue<Ascii>)
     started.elapsed()
 }
 
+/// Publishes a new version of a data center's list through `first`, then reads it through
+/// `second` as fast as it answers until it serves that version: the time from the publication's
+/// answer to the first read that shows it, in µs.
+async fn propagation(
+    first: Channel,
+    second: Channel,
+    platform: &MetadataValue<Ascii>,
+) -> Histogram<u64> {
+    let mut delays = Histogram::<u64>::new(3).unwrap();
+    let mut publisher = AllowlistServiceClient::new(first);
+    let mut reader = AllowlistServiceClient::new(second);
+    let read = GetAllowlistRequest {
+        data_center: "prop1".into(),
+        ..Default::default()
+    };
+    for i in 0..PROPAGATION_WRITES {
+        // The second replica has the current version cached before each publication.
+        reader
+            .get_allowlist(Context::authed(platform, read.clone()))
+            .await
+            .expect("read before publishing");
+        let published = publisher
+            .publish_ranges(Context::authed(
+                platform,
+                PublishRangesRequest {
+                    data_center: "prop1".into(),
+                    protocol: Protocol::Smtp.into(),
+                    ranges: vec![ranges::range(i).to_string()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("publish on the first replica")
+            .into_inner();
+        let sent = Instant::now();
+        loop {
+            let served = reader
+                .get_allowlist(Context::authed(platform, read.clone()))
+                .await
+                .expect("read on the second replica")
+                .into_inner();
+            if served.version >= published.version {
+                break;
+            }
+        }
+        delays
+            .record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX))
+            .unwrap();
+    }
+    delays
+}
+
+fn render_propagation(delays: &Histogram<u64>) -> String {
+    format!(
+        "\n#### Read cache across replicas\n\nTwo servers on the same Postgres database; {PROPAGATION_WRITES} times, PublishRanges on the first, then GetAllowlist on the second (which had the previous version cached) until it serves the new version. Time from the publication's answer to the first read that shows it (the documented bound: the 10 ms listener poll plus NOTIFY delivery; 3 s if the listener's connection hangs):\n\n| writes | p50 ms | p99 ms | max ms |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} |\n",
+        delays.len(),
+        ms(delays.value_at_quantile(0.5)),
+        ms(delays.value_at_quantile(0.99)),
+        ms(delays.max()),
+    )
+}
+
 /// Runs `workload` at `streams` concurrent calls for `duration` (or MAX_CALLS calls).
 async fn measure(
     context: &Arc<Context>,
@@ -1107,7 +1172,25 @@ async fn main() {
         }
     }
 
+    let mut replicas = None;
+    if backend == "postgres" && selected(PROPAGATION_KEY) {
+        let (first, first_channels) = restart(vec![]).await;
+        let (second, second_channels) = restart(vec![]).await;
+        replicas = Some(
+            propagation(
+                first_channels[0].clone(),
+                second_channels[0].clone(),
+                &platform,
+            )
+            .await,
+        );
+        drop((first_channels, second_channels, first, second));
+    }
+
     let mut table = render(&backend, &facts, &measurements);
+    if let Some(delays) = replicas {
+        table.push_str(&render_propagation(&delays));
+    }
     if let Some(phases) = overload {
         table.push_str(&render_overload(&phases));
     }

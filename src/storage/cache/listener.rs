@@ -14,7 +14,7 @@ use crate::storage::DatabaseUrl;
 
 /// How often the listener reads what arrived: the usual delay before another writer's change
 /// is seen here.
-pub const POLL: Duration = Duration::from_millis(25);
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// How often the listener asks the database whether its connection still works.
 const HEARTBEAT: Duration = Duration::from_secs(1);
