@@ -1,3 +1,10 @@
--- Nothing to create: SQLite has no NOTIFY. The read cache watches `PRAGMA data_version` instead
--- (src/storage/cache). This migration exists so that both backends have the same history.
-SELECT 1;
+DROP TRIGGER allowlist_data_centers_deleted;
+DROP TRIGGER allowlist_data_centers_updated;
+DROP TRIGGER allowlist_data_centers_inserted;
+DROP TRIGGER accounts_deleted;
+DROP TRIGGER accounts_updated;
+DROP TRIGGER accounts_inserted;
+DROP TRIGGER domain_settings_deleted;
+DROP TRIGGER domain_settings_updated;
+DROP TRIGGER domain_settings_inserted;
+DROP TABLE cache_generation;

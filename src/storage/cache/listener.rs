@@ -131,20 +131,21 @@ fn start_trusting(cache: &Weak<ReadCache>, checked_at: Instant, first: &mut Firs
 }
 
 #[derive(QueryableByName)]
-struct DataVersion {
+struct Generation {
     #[diesel(sql_type = BigInt)]
-    data_version: i64,
+    generation: i64,
 }
 
-fn data_version(conn: &mut SqliteConnection) -> Result<i64, String> {
-    diesel::sql_query("PRAGMA data_version")
-        .get_result::<DataVersion>(conn)
-        .map(|row| row.data_version)
+/// The counter the SQLite triggers raise with every change a cached read depends on.
+fn generation(conn: &mut SqliteConnection) -> Result<i64, String> {
+    diesel::sql_query("SELECT generation FROM cache_generation")
+        .get_result::<Generation>(conn)
+        .map(|row| row.generation)
         .map_err(|e| e.to_string())
 }
 
-/// Watches an SQLite file for commits by any other connection (this process's pool included,
-/// or the import command): SQLite does not say what changed, so the whole cache goes.
+/// Watches an SQLite file's change counter (raised by triggers, whoever writes: this process or
+/// another, such as the import command). It does not say what changed, so the whole cache goes.
 fn follow_sqlite(
     path: &Path,
     cache: &Weak<ReadCache>,
@@ -152,14 +153,14 @@ fn follow_sqlite(
 ) -> Result<(), String> {
     let mut conn =
         SqliteConnection::establish(&path.to_string_lossy()).map_err(|e| e.to_string())?;
-    let mut seen = data_version(&mut conn)?;
+    let mut seen = generation(&mut conn)?;
     if !start_trusting(cache, Instant::now(), first) {
         return Ok(());
     }
     loop {
         std::thread::sleep(POLL);
         let asked_at = Instant::now();
-        let version = data_version(&mut conn)?;
+        let version = generation(&mut conn)?;
         let Some(cache) = cache.upgrade() else {
             return Ok(());
         };

@@ -7,8 +7,8 @@
 //! - this process's writes evict what they changed before they return;
 //! - on Postgres, triggers NOTIFY each change, whoever made it (another replica, the import
 //!   command, SQL by hand), and a listener thread evicts it within [`listener::POLL`];
-//! - on an SQLite file, the listener sees any other connection's commit in `PRAGMA data_version`
-//!   and empties the cache;
+//! - on an SQLite file, triggers raise a change counter (`cache_generation`), and the listener
+//!   empties the cache when it rose;
 //! - the cache answers only while its listener proved, at most [`TRUST`] ago, that nothing was
 //!   missed; otherwise every read goes to the database;
 //! - a value read from the database is kept only if no eviction happened while it was read.
