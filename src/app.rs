@@ -16,11 +16,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::grpc::auth::AuthInterceptor;
-use crate::grpc::drain::DrainWatchesLayer;
-use crate::grpc::gate::{GateLayer, Readiness};
+use crate::grpc::drain::DrainWatches;
+use crate::grpc::gate::{Gate, Readiness};
 use crate::grpc::health_port;
-use crate::grpc::limits::LoadShedLayer;
-use crate::grpc::observe::RpcTelemetryLayer;
+use crate::grpc::limits::LoadShed;
+use crate::grpc::observe::RpcTelemetry;
+use crate::grpc::policy::PolicyLayer;
 use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceServer;
@@ -191,10 +192,10 @@ impl Application {
         }
         let mut server = self
             .server
-            .layer(RpcTelemetryLayer::new())
-            .layer(DrainWatchesLayer::new(watches_end))
-            .layer(LoadShedLayer::new(limits.max_concurrent_calls))
-            .layer(GateLayer::new(PENDING_SERVICES, readiness));
+            .layer(PolicyLayer(RpcTelemetry::new()))
+            .layer(PolicyLayer(DrainWatches::new(watches_end)))
+            .layer(PolicyLayer(LoadShed::new(limits.max_concurrent_calls)))
+            .layer(PolicyLayer(Gate::new(PENDING_SERVICES, readiness)));
         let server = server
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -11,54 +11,30 @@ use tokio_stream::Stream as _;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Status};
 
+use super::policy::{CallPolicy, Response};
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
 /// `draining` turns true after NOT_SERVING has been sent to the watchers.
 #[derive(Clone)]
-pub struct DrainWatchesLayer {
+pub struct DrainWatches {
     draining: watch::Receiver<bool>,
 }
 
-impl DrainWatchesLayer {
+impl DrainWatches {
     pub fn new(draining: watch::Receiver<bool>) -> Self {
         Self { draining }
     }
 }
 
-impl<S> tower::Layer<S> for DrainWatchesLayer {
-    type Service = DrainWatches<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DrainWatches {
-            inner,
-            draining: self.draining.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct DrainWatches<S> {
-    inner: S,
-    draining: watch::Receiver<bool>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for DrainWatches<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl CallPolicy for DrainWatches {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = Response>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let is_watch = split_rpc_path(request.uri().path()) == Some((HEALTH_SERVICE, "Watch"));
-        let response = self.inner.call(request);
+        let response = inner.call(request);
         if !is_watch {
             return Box::pin(response);
         }

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
 use tonic::{Code, Status};
 
+use super::policy::{CallPolicy, Response};
 use super::status::status;
 use super::{BoxFuture, split_rpc_path};
 
@@ -32,12 +32,12 @@ impl Readiness {
 
 /// Layer over the whole router; `pending` are fully-qualified service names.
 #[derive(Clone)]
-pub struct GateLayer {
+pub struct Gate {
     pending: Arc<[&'static str]>,
     readiness: Readiness,
 }
 
-impl GateLayer {
+impl Gate {
     pub fn new(pending: &[&'static str], readiness: Readiness) -> Self {
         Self {
             pending: pending.into(),
@@ -67,43 +67,18 @@ impl GateLayer {
     }
 }
 
-impl<S> tower::Layer<S> for GateLayer {
-    type Service = Gate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Gate {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Gate<S> {
-    inner: S,
-    layer: GateLayer,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Gate<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl CallPolicy for Gate {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = Response>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let answer = split_rpc_path(request.uri().path())
-            .and_then(|(service, method)| self.layer.answer(service, method));
+            .and_then(|(service, method)| self.answer(service, method));
         match answer {
             Some(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-            None => Box::pin(self.inner.call(request)),
+            None => Box::pin(inner.call(request)),
         }
     }
 }

@@ -13,16 +13,17 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 
+use super::policy::{CallPolicy, Response};
 use super::status::status;
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
 #[derive(Clone)]
-pub struct LoadShedLayer {
+pub struct LoadShed {
     slots: Arc<Semaphore>,
     limit: usize,
 }
 
-impl LoadShedLayer {
+impl LoadShed {
     pub fn new(limit: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limit)),
@@ -31,56 +32,28 @@ impl LoadShedLayer {
     }
 }
 
-impl<S> tower::Layer<S> for LoadShedLayer {
-    type Service = LoadShed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        LoadShed {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct LoadShed<S> {
-    inner: S,
-    layer: LoadShedLayer,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for LoadShed<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl CallPolicy for LoadShed {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = Response>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         if split_rpc_path(request.uri().path())
             .is_some_and(|(service, _)| service == HEALTH_SERVICE)
         {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
-        let Ok(permit) = self.layer.slots.clone().try_acquire_owned() else {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             let refusal = status(
                 Code::ResourceExhausted,
                 "OVERLOADED",
                 "the server is at its concurrent call limit; retry with backoff",
-                HashMap::from([(
-                    "max_concurrent_calls".to_owned(),
-                    self.layer.limit.to_string(),
-                )]),
+                HashMap::from([("max_concurrent_calls".to_owned(), self.limit.to_string())]),
             );
             return Box::pin(std::future::ready(Ok(refusal.into_http())));
         };
-        let response = self.inner.call(request);
+        let response = inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             Ok(response.map(|body| {

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod health_port;
 pub mod limits;
 pub mod observe;
+pub mod policy;
 pub mod probe_report;
 pub mod server;
 pub mod status;

@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::policy::{CallPolicy, Response};
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
 /// gRPC codes that make a server span an error (OpenTelemetry RPC conventions): the server's
@@ -30,11 +31,11 @@ const SERVER_FAULTS: &[i32] = &[2, 4, 12, 13, 14, 15];
 const CANCELLED: i32 = 1;
 
 #[derive(Clone)]
-pub struct RpcTelemetryLayer {
+pub struct RpcTelemetry {
     duration: Histogram<f64>,
 }
 
-impl RpcTelemetryLayer {
+impl RpcTelemetry {
     /// Instruments come from the global meter provider, so build this after telemetry init.
     pub fn new() -> Self {
         let duration = opentelemetry::global::meter("mailconnect")
@@ -46,49 +47,24 @@ impl RpcTelemetryLayer {
     }
 }
 
-impl Default for RpcTelemetryLayer {
+impl Default for RpcTelemetry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<S> tower::Layer<S> for RpcTelemetryLayer {
-    type Service = RpcTelemetry<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcTelemetry {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RpcTelemetry<S> {
-    inner: S,
-    layer: RpcTelemetryLayer,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for RpcTelemetry<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl CallPolicy for RpcTelemetry {
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = Response>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let Some((service, method)) = split_rpc_path(request.uri().path())
             .filter(|(service, _)| *service != HEALTH_SERVICE)
             .map(|(service, method)| (service.to_owned(), method.to_owned()))
         else {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         };
         let span = tracing::info_span!(
             "rpc",
@@ -123,7 +99,7 @@ where
 
         let call = CallRecord {
             span: span.clone(),
-            duration: self.layer.duration.clone(),
+            duration: self.duration.clone(),
             labels: vec![
                 KeyValue::new("rpc.system", "grpc"),
                 KeyValue::new("rpc.service", service),
@@ -132,7 +108,7 @@ where
             started: Instant::now(),
             finished: false,
         };
-        let response = self.inner.call(request).instrument(span);
+        let response = inner.call(request).instrument(span);
         Box::pin(async move {
             let mut call = call;
             let response = response.await?;

@@ -1,0 +1,60 @@
+//! The shape the router-wide layers share (gate, load shedding, telemetry, watch draining): a
+//! policy that sees each call's request and either answers it itself or wraps the inner
+//! service's answer.
+
+use std::task::{Context, Poll};
+
+use super::BoxFuture;
+
+/// What the router answers.
+pub type Response = http::Response<tonic::body::Body>;
+
+pub trait CallPolicy: Clone {
+    /// Handles one call, usually by calling `inner`.
+    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
+    where
+        S: tower::Service<http::Request<B>, Response = Response>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static;
+}
+
+/// Applies a [`CallPolicy`] to every call of the service it wraps.
+#[derive(Clone)]
+pub struct PolicyLayer<P>(pub P);
+
+impl<S, P: Clone> tower::Layer<S> for PolicyLayer<P> {
+    type Service = WithPolicy<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithPolicy {
+            inner,
+            policy: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WithPolicy<S, P> {
+    inner: S,
+    policy: P,
+}
+
+impl<S, B, P> tower::Service<http::Request<B>> for WithPolicy<S, P>
+where
+    P: CallPolicy,
+    S: tower::Service<http::Request<B>, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.policy.call(&mut self.inner, request)
+    }
+}
