@@ -11,7 +11,7 @@ use tokio_stream::Stream as _;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Status};
 
-use super::policy::{CallPolicy, Response};
+use super::policy::{CallPolicy, Inner, Response};
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
 /// `draining` turns true after NOT_SERVING has been sent to the watchers.
@@ -27,12 +27,11 @@ impl DrainWatches {
 }
 
 impl CallPolicy for DrainWatches {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
-    where
-        S: tower::Service<http::Request<B>, Response = Response>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> BoxFuture<Response, S::Error> {
         let is_watch = split_rpc_path(request.uri().path()) == Some((HEALTH_SERVICE, "Watch"));
         let response = inner.call(request);
         if !is_watch {

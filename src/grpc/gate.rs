@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Code, Status};
 
-use super::policy::{CallPolicy, Response};
+use super::policy::{CallPolicy, Inner, Response};
 use super::status::status;
 use super::{BoxFuture, split_rpc_path};
 
@@ -68,12 +68,11 @@ impl Gate {
 }
 
 impl CallPolicy for Gate {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
-    where
-        S: tower::Service<http::Request<B>, Response = Response>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> BoxFuture<Response, S::Error> {
         let answer = split_rpc_path(request.uri().path())
             .and_then(|(service, method)| self.answer(service, method));
         match answer {

@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 
-use super::policy::{CallPolicy, Response};
+use super::policy::{CallPolicy, Inner, Response};
 use super::status::status;
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
@@ -33,12 +33,11 @@ impl LoadShed {
 }
 
 impl CallPolicy for LoadShed {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
-    where
-        S: tower::Service<http::Request<B>, Response = Response>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> BoxFuture<Response, S::Error> {
         if split_rpc_path(request.uri().path())
             .is_some_and(|(service, _)| service == HEALTH_SERVICE)
         {

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::policy::{CallPolicy, Response};
+use super::policy::{CallPolicy, Inner, Response};
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
 
 /// gRPC codes that make a server span an error (OpenTelemetry RPC conventions): the server's
@@ -54,12 +54,11 @@ impl Default for RpcTelemetry {
 }
 
 impl CallPolicy for RpcTelemetry {
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
-    where
-        S: tower::Service<http::Request<B>, Response = Response>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn call<S: Inner<B>, B>(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> BoxFuture<Response, S::Error> {
         let Some((service, method)) = split_rpc_path(request.uri().path())
             .filter(|(service, _)| *service != HEALTH_SERVICE)
             .map(|(service, method)| (service.to_owned(), method.to_owned()))

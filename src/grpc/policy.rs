@@ -9,13 +9,29 @@ use super::BoxFuture;
 /// What the router answers.
 pub type Response = http::Response<tonic::body::Body>;
 
+/// The service a policy wraps: the router, or the next policy.
+pub trait Inner<B>:
+    tower::Service<http::Request<B>, Response = Response, Future: Send + 'static, Error: Send + 'static>
+{
+}
+
+impl<S, B> Inner<B> for S where
+    S: tower::Service<
+            http::Request<B>,
+            Response = Response,
+            Future: Send + 'static,
+            Error: Send + 'static,
+        >
+{
+}
+
 pub trait CallPolicy: Clone {
     /// Handles one call, usually by calling `inner`.
-    fn call<S, B>(&self, inner: &mut S, request: http::Request<B>) -> BoxFuture<Response, S::Error>
-    where
-        S: tower::Service<http::Request<B>, Response = Response>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static;
+    fn call<S: Inner<B>, B>(
+        &self,
+        inner: &mut S,
+        request: http::Request<B>,
+    ) -> BoxFuture<Response, S::Error>;
 }
 
 /// Applies a [`CallPolicy`] to every call of the service it wraps.
@@ -39,13 +55,7 @@ pub struct WithPolicy<S, P> {
     policy: P,
 }
 
-impl<S, B, P> tower::Service<http::Request<B>> for WithPolicy<S, P>
-where
-    P: CallPolicy,
-    S: tower::Service<http::Request<B>, Response = Response>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
+impl<S: Inner<B>, B, P: CallPolicy> tower::Service<http::Request<B>> for WithPolicy<S, P> {
     type Response = Response;
     type Error = S::Error;
     type Future = BoxFuture<Response, S::Error>;
