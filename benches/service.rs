@@ -187,40 +187,22 @@ impl Context {
                     return Err(Status::unavailable("not serving"));
                 }
             }
-            Workload::ResolvePreset => {
-                let address = format!("user{}@{}", seq % 50, preset(seq));
+            Workload::ResolvePreset | Workload::ResolveBuiltin | Workload::ResolveMiss => {
+                let email_address = match workload {
+                    Workload::ResolvePreset => format!("user{}@{}", seq % 50, preset(seq)),
+                    Workload::ResolveBuiltin => {
+                        let domain = ["gmail.com", "outlook.com", "yahoo.com", "icloud.com"]
+                            [seq as usize % 4];
+                        format!("user{}@{domain}", seq % 50)
+                    }
+                    // A few hundred distinct unknown domains per account: the attempted-domains
+                    // write-behind mostly adds to a row, as it does for real users retrying.
+                    _ => format!("user@unknown{}.acct{account}.example", seq % 300),
+                };
                 settings
-                    .resolve_connection_settings(self.user(
-                        account,
-                        ResolveConnectionSettingsRequest {
-                            email_address: address,
-                        },
-                    ))
-                    .await?;
-            }
-            Workload::ResolveBuiltin => {
-                let domain =
-                    ["gmail.com", "outlook.com", "yahoo.com", "icloud.com"][seq as usize % 4];
-                settings
-                    .resolve_connection_settings(self.user(
-                        account,
-                        ResolveConnectionSettingsRequest {
-                            email_address: format!("user{}@{domain}", seq % 50),
-                        },
-                    ))
-                    .await?;
-            }
-            Workload::ResolveMiss => {
-                // A few hundred distinct unknown domains per account: the attempted-domains
-                // upsert mostly updates a row, as it does for real users retrying.
-                let address = format!("user@unknown{}.acct{account}.example", seq % 300);
-                settings
-                    .resolve_connection_settings(self.user(
-                        account,
-                        ResolveConnectionSettingsRequest {
-                            email_address: address,
-                        },
-                    ))
+                    .resolve_connection_settings(
+                        self.user(account, ResolveConnectionSettingsRequest { email_address }),
+                    )
                     .await?;
             }
             Workload::GetDomainSettings => {

@@ -776,6 +776,21 @@ async fn resolve_source(
         .source()
 }
 
+async fn etag_of(
+    client: &mut DomainSettingsServiceClient<Channel>,
+    token: &str,
+    name: &str,
+) -> String {
+    client
+        .get_domain_settings(authed(token, get(name)))
+        .await
+        .unwrap()
+        .into_inner()
+        .domain_settings
+        .unwrap()
+        .etag
+}
+
 /// Two replicas on one Postgres database: a preset created through one replica is resolved by the
 /// other, which then caches it; once deleted through the first, the second no longer serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,28 +832,13 @@ async fn a_preset_written_on_one_replica_is_seen_by_the_other() {
         let mut second = second.clone();
         let (admin, app) = (admin.clone(), &world.app);
         async move {
-            let cached = second
-                .get_domain_settings(authed(&admin, get(name)))
-                .await
-                .unwrap()
-                .into_inner()
-                .domain_settings
-                .unwrap()
-                .etag;
+            let cached = etag_of(&mut second, &admin, name).await;
             app.postgres_sql(
                 "SET session_replication_role = replica; \
                  UPDATE domain_settings SET version = version + 100 \
                  WHERE domain = 'replica.example'",
             );
-            let again = second
-                .get_domain_settings(authed(&admin, get(name)))
-                .await
-                .unwrap()
-                .into_inner()
-                .domain_settings
-                .unwrap()
-                .etag;
-            (again == cached).then_some(())
+            (etag_of(&mut second, &admin, name).await == cached).then_some(())
         }
     })
     .await;
