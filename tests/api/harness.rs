@@ -211,13 +211,10 @@ impl TestApp {
     /// Polls health until SERVING; readiness depends on the database, not on a clock, and the
     /// generous bound only turns a hang into a failure.
     pub async fn wait_until_serving(&self) {
-        for _ in 0..3000 {
-            if let Ok(ServingStatus::Serving) = self.health("").await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the application never reported SERVING");
+        eventually("the application reports SERVING", || async {
+            matches!(self.health("").await, Ok(ServingStatus::Serving)).then_some(())
+        })
+        .await;
     }
 
     pub fn token(&self, principal: &Principal) -> String {
@@ -358,9 +355,9 @@ macro_rules! backend_tests {
     };
 }
 
-/// Retries `check` until it returns `Some`, for what another process changed: a replica sees it
-/// within the read cache's bound (README, "Read cache"). The deadline only keeps a broken build
-/// from hanging; nothing here measures time.
+/// Retries `check` until it returns `Some`: for what happens in its own time (readiness, batched
+/// exports, another process's change that a replica sees within the read cache's bound). The
+/// deadline only keeps a broken build from hanging; nothing here measures time.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::harness::{TEST_SECRET, TestDatabase};
+use crate::harness::{TEST_SECRET, TestDatabase, eventually};
 
 pub struct ServerProcess {
     child: Child,
@@ -90,17 +90,15 @@ impl ServerProcess {
     /// Polls health until SERVING; the bound only turns a hang into a failure.
     pub async fn wait_until_serving(&self) {
         let channel = self.channel();
-        for _ in 0..1500 {
+        eventually("mailconnect reports SERVING", || async {
             let check = HealthClient::new(channel.clone())
                 .check(HealthCheckRequest::default())
                 .await;
-            if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("mailconnect never reported SERVING");
+            check
+                .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+                .then_some(())
+        })
+        .await;
     }
 
     /// Sends SIGTERM, as Kubernetes does.

@@ -32,7 +32,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::harness::{Backend, TEST_SECRET, TestDatabase, authed};
+use crate::harness::{Backend, TEST_SECRET, TestDatabase, authed, eventually};
 use crate::process::ServerProcess;
 
 /// Everything the receiver got.
@@ -92,13 +92,10 @@ impl Received {
     /// Polls until `found` finds something in what arrived; exports are batched, so they come
     /// after a while. The bound only turns a hang into a failure.
     async fn wait_for<T>(&self, what: &str, found: impl Fn(&Self) -> Option<T>) -> T {
-        for _ in 0..1500 {
-            if let Some(value) = found(self) {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the OTLP receiver never got {what}");
+        eventually(&format!("the OTLP receiver gets {what}"), || async {
+            found(self)
+        })
+        .await
     }
 }
 
