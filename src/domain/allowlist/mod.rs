@@ -72,9 +72,12 @@ impl RangeRecord {
 /// Turns stored rows into what readers see at `now`: one entry per CIDR (and per upcoming
 /// state, when a CIDR is current for one protocol and upcoming for another), ordered by address,
 /// IPv4 first, retired rows left out.
-pub fn published_ranges(records: &[RangeRecord], now: i64) -> Vec<PublishedRange> {
+pub fn published_ranges<'a>(
+    records: impl IntoIterator<Item = &'a RangeRecord>,
+    now: i64,
+) -> Vec<PublishedRange> {
     let mut grouped: BTreeMap<(IpNet, bool, DataCenterId), PublishedRange> = BTreeMap::new();
-    for record in records.iter().filter(|record| record.listed_at(now)) {
+    for record in records.into_iter().filter(|record| record.listed_at(now)) {
         let upcoming = record.effective_time > now;
         let entry = grouped
             .entry((record.cidr, upcoming, record.data_center.clone()))

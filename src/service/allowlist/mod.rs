@@ -207,19 +207,19 @@ impl<S: AllowlistStore> AllowlistService<S> {
     ) -> Result<AllowlistSnapshot, ServiceError> {
         let data_center = self.data_center_for(principal, request.data_center).await?;
         let list = self.store.list(&data_center).await?;
-        let records: Vec<RangeRecord> = list
-            .records
-            .iter()
-            .filter(|record| request.protocols.contains(&record.protocol))
-            .cloned()
-            .collect();
+        let ranges = published_ranges(
+            list.records
+                .iter()
+                .filter(|record| request.protocols.contains(&record.protocol)),
+            now_micros(),
+        );
         Ok(AllowlistSnapshot {
             etag: etag(&data_center, list.version),
             data_center,
             version: list.version,
             update_time: list.update_time,
             protocols: request.protocols,
-            ranges: published_ranges(&records, now_micros()),
+            ranges,
         })
     }
 
@@ -248,8 +248,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
             })?;
         let index = self.index().await?;
         let now = now_micros();
-        let matched: Vec<RangeRecord> = index.containing(address).into_iter().cloned().collect();
-        let mut ranges = published_ranges(&matched, now);
+        let mut ranges = published_ranges(index.containing(address), now);
         ranges.sort_by(|a, b| (&a.data_center, a.cidr).cmp(&(&b.data_center, b.cidr)));
         Ok(ranges)
     }
