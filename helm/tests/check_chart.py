@@ -292,8 +292,13 @@ def main() -> int:
     lint = helm.lint(str(CHART), production, strict=True)
     check("lint --strict (production values): no errors", not lint["errors"], str(lint))
 
-    check_release("defaults", {}, render({}))
+    defaults = render({})
+    check_release("defaults", {}, defaults)
     check_release("production", production, render(production))
+    check(
+        "defaults: the pool size is the server's own (twice the container's CPUs)",
+        "MAILCONNECT_DB_MAX_CONNECTIONS" not in one(defaults, "ConfigMap")["data"],
+    )
     upgrade = render(production, upgrade=True)
     check(
         "production upgrade renders the migration hook too",
@@ -307,6 +312,10 @@ def main() -> int:
         "production: mutual TLS files mounted and configured",
         config.get("MAILCONNECT_TLS_CLIENT_CA") == "/etc/mailconnect/tls/ca.crt"
         and any(v["name"] == "tls" and v["secret"]["secretName"] == "mailconnect-tls" for v in pod["volumes"]),
+    )
+    check(
+        "production: the pool size it sets",
+        config.get("MAILCONNECT_DB_MAX_CONNECTIONS") == "32",
     )
     check(
         "production: OTLP endpoint configured",

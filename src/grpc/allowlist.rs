@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use super::auth::principal;
 use super::proto;
@@ -120,7 +119,6 @@ type WatchStream =
 
 #[tonic::async_trait]
 impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
-    #[instrument(skip_all, fields(rpc = "GetAllowlist"))]
     async fn get_allowlist(
         &self,
         request: Request<proto::GetAllowlistRequest>,
@@ -141,7 +139,6 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ExportAllowlist"))]
     async fn export_allowlist(
         &self,
         request: Request<proto::ExportAllowlistRequest>,
@@ -165,7 +162,6 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "CheckAddress"))]
     async fn check_address(
         &self,
         request: Request<proto::CheckAddressRequest>,
@@ -181,7 +177,6 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ListAllowlistChanges"))]
     async fn list_allowlist_changes(
         &self,
         request: Request<proto::ListAllowlistChangesRequest>,
@@ -207,7 +202,6 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
 
     type WatchAllowlistStream = WatchStream;
 
-    #[instrument(skip_all, fields(rpc = "WatchAllowlist"))]
     async fn watch_allowlist(
         &self,
         request: Request<proto::WatchAllowlistRequest>,
@@ -228,7 +222,6 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[instrument(skip_all, fields(rpc = "PublishRanges"))]
     async fn publish_ranges(
         &self,
         request: Request<proto::PublishRangesRequest>,

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use super::auth::principal;
 use super::proto;
@@ -100,7 +99,6 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
 
 #[tonic::async_trait]
 impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
-    #[instrument(skip_all, fields(rpc = "UpsertAccount"))]
     async fn upsert_account(
         &self,
         request: Request<proto::UpsertAccountRequest>,
@@ -120,7 +118,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "GetAccount"))]
     async fn get_account(
         &self,
         request: Request<proto::GetAccountRequest>,
@@ -135,7 +132,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "UpsertUser"))]
     async fn upsert_user(
         &self,
         request: Request<proto::UpsertUserRequest>,
@@ -158,7 +154,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "DeleteUser"))]
     async fn delete_user(
         &self,
         request: Request<proto::DeleteUserRequest>,
@@ -174,7 +169,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "GetUser"))]
     async fn get_user(
         &self,
         request: Request<proto::GetUserRequest>,
@@ -190,7 +184,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ListUsers"))]
     async fn list_users(
         &self,
         request: Request<proto::ListUsersRequest>,
@@ -215,7 +208,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "UpsertTeam"))]
     async fn upsert_team(
         &self,
         request: Request<proto::UpsertTeamRequest>,
@@ -234,7 +226,6 @@ impl<S: DirectoryStore> DirectoryRpc for DirectoryApi<S> {
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ListTeams"))]
     async fn list_teams(
         &self,
         request: Request<proto::ListTeamsRequest>,

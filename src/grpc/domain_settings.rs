@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use super::auth::principal;
 use super::probe_report::report_to_proto;
@@ -194,7 +193,6 @@ fn kind_filter(value: i32) -> Result<Option<SettingsKind>, Status> {
 
 #[tonic::async_trait]
 impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<S, P> {
-    #[instrument(skip_all, fields(rpc = "CreateDomainSettings"))]
     async fn create_domain_settings(
         &self,
         request: Request<proto::CreateDomainSettingsRequest>,
@@ -219,7 +217,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "GetDomainSettings"))]
     async fn get_domain_settings(
         &self,
         request: Request<proto::GetDomainSettingsRequest>,
@@ -234,7 +231,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "UpdateDomainSettings"))]
     async fn update_domain_settings(
         &self,
         request: Request<proto::UpdateDomainSettingsRequest>,
@@ -268,7 +264,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "DeleteDomainSettings"))]
     async fn delete_domain_settings(
         &self,
         request: Request<proto::DeleteDomainSettingsRequest>,
@@ -281,7 +276,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         Ok(Response::new(proto::DeleteDomainSettingsResponse {}))
     }
 
-    #[instrument(skip_all, fields(rpc = "ListDomainSettings"))]
     async fn list_domain_settings(
         &self,
         request: Request<proto::ListDomainSettingsRequest>,
@@ -309,7 +303,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ResolveConnectionSettings"))]
     async fn resolve_connection_settings(
         &self,
         request: Request<proto::ResolveConnectionSettingsRequest>,
@@ -345,7 +338,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         Ok(Response::new(response))
     }
 
-    #[instrument(skip_all, fields(rpc = "ListAttemptedDomains"))]
     async fn list_attempted_domains(
         &self,
         request: Request<proto::ListAttemptedDomainsRequest>,
@@ -377,7 +369,6 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         }))
     }
 
-    #[instrument(skip_all, fields(rpc = "ProbeDomainSettings"))]
     async fn probe_domain_settings(
         &self,
         request: Request<proto::ProbeDomainSettingsRequest>,

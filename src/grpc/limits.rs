@@ -58,17 +58,19 @@ impl CallPolicy for LoadShed {
             Ok(response.map(|body| {
                 tonic::body::Body::new(HoldingSlot {
                     body,
-                    _permit: permit,
+                    permit: Some(permit),
                 })
             }))
         })
     }
 }
 
-/// A response body that keeps its call's slot until it is dropped.
+/// A response body that keeps its call's slot until its last frame is taken (or it is dropped).
+/// Not until the drop: the client has the trailers, and may send its next call, before the
+/// server drops the body, and that call would find the slot still taken.
 struct HoldingSlot {
     body: tonic::body::Body,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Body for HoldingSlot {
@@ -79,7 +81,16 @@ impl Body for HoldingSlot {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let last = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Ready(_) => true,
+            Poll::Pending => false,
+        };
+        if last {
+            self.permit = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -65,6 +65,9 @@ impl CallPolicy for RpcTelemetry {
         else {
             return Box::pin(inner.call(request));
         };
+        // Every field known now is given now: each later `record` formats the span's fields for
+        // the log layer again.
+        let peer = peer_of(&request);
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("{service}/{method}"),
@@ -74,14 +77,10 @@ impl CallPolicy for RpcTelemetry {
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = Empty,
-            network.peer.address = Empty,
-            network.peer.port = Empty,
+            network.peer.address = peer.map(|peer| tracing::field::display(peer.ip())),
+            network.peer.port = peer.map(|peer| peer.port()),
             trace_id = Empty,
         );
-        if let Some(peer) = peer_of(&request) {
-            span.record("network.peer.address", peer.ip().to_string());
-            span.record("network.peer.port", peer.port());
-        }
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
