@@ -48,8 +48,8 @@ pub enum TokenError {
 /// Seconds of clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 30;
 
-/// Distinct verified tokens remembered (a few hundred bytes each).
-const VERIFIED_TOKENS: usize = 1024;
+/// Distinct verified tokens remembered: a few hundred bytes each, about 2 MiB when full.
+const VERIFIED_TOKENS: usize = 4096;
 
 /// Keys that verify (and, with a secret, mint) tokens.
 pub struct TokenKeys {
