@@ -59,9 +59,14 @@ const STREAMS: [usize; 4] = [1, 16, 64, 256];
 /// The probe workload opens real IMAP and SMTP sessions: fewer streams.
 const PROBE_STREAMS: [usize; 2] = [1, 16];
 const MAX_CALLS: u64 = 1_000_000;
-/// The overload run: a server that runs at most this many calls at once, driven at exactly that
-/// many streams (unloaded) and at four times as many.
-const OVERLOAD_CAPACITY: usize = 16;
+/// The overload runs: a server that runs at most this many calls at once, driven at exactly that
+/// many streams (unloaded) and at four times as many. Its pool has `OVERLOAD_POOL` connections:
+/// at the first bound every admitted call has a connection (the bound is the server's capacity
+/// for this call); at the second, four times as many are admitted and wait for a connection
+/// inside the server.
+const OVERLOAD_CAPACITIES: [usize; 2] = [OVERLOAD_POOL, 4 * OVERLOAD_POOL];
+/// The pool of the overload server (the default on 2 CPUs), the same on every machine.
+const OVERLOAD_POOL: usize = 4;
 /// A page of 50 rows: the slowest pure database read, so an admitted call holds its slot many
 /// times longer than a refusal takes, and the excess streams keep the bound full.
 const OVERLOAD_WORKLOAD: Workload = Workload::ListDomainSettings;
@@ -897,14 +902,14 @@ fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement
 
 /// The overload section: the admitted (OK) and refused (RESOURCE_EXHAUSTED) calls apart, beside
 /// the health checks answered meanwhile. `phases`: unloaded, then overloaded.
-fn render_overload(phases: &[(Measurement, Calls)]) -> String {
+fn render_overload(capacity: usize, phases: &[(Measurement, Calls)]) -> String {
     let [(unloaded, _), (overloaded, _)] = phases else {
         unreachable!("two phases are measured");
     };
     let mut out = String::new();
     writeln!(
         out,
-        "\n#### Overload: {} against a server that runs at most {OVERLOAD_CAPACITY} calls at once (`MAILCONNECT_MAX_CONCURRENT_CALLS={OVERLOAD_CAPACITY}`)\n",
+        "\n#### Overload: {} against a server that runs at most {capacity} calls at once (`MAILCONNECT_MAX_CONCURRENT_CALLS={capacity}`) with {OVERLOAD_POOL} database connections\n",
         unloaded.workload.name()
     )
     .unwrap();
@@ -1108,15 +1113,18 @@ async fn main() {
             (server, channels)
         }
     };
-    let mut overload = None;
-    if selected(OVERLOAD_KEY) {
-        let (server, channels) = restart(vec![(
-            "MAILCONNECT_MAX_CONCURRENT_CALLS",
-            OVERLOAD_CAPACITY.to_string(),
-        )])
+    let mut overloads = Vec::new();
+    for capacity in OVERLOAD_CAPACITIES
+        .into_iter()
+        .filter(|_| selected(OVERLOAD_KEY))
+    {
+        let (server, channels) = restart(vec![
+            ("MAILCONNECT_MAX_CONCURRENT_CALLS", capacity.to_string()),
+            ("MAILCONNECT_DB_MAX_CONNECTIONS", OVERLOAD_POOL.to_string()),
+        ])
         .await;
         let mut phases = Vec::new();
-        for streams in [OVERLOAD_CAPACITY, 4 * OVERLOAD_CAPACITY] {
+        for streams in [capacity, 4 * capacity] {
             // Health checks are never shed: one more stream of them shows what the cheapest
             // answer costs on the machine meanwhile, to compare the refusals with.
             let (m, health) = tokio::join!(
@@ -1133,7 +1141,7 @@ async fn main() {
             log(&backend, &m);
             phases.push((m, health));
         }
-        overload = Some(phases);
+        overloads.push((capacity, phases));
     }
     // The cache pays off most where a read costs a database round trip: on Postgres.
     if backend == "postgres" && selected(CACHE_OFF_KEY) {
@@ -1173,8 +1181,8 @@ async fn main() {
     if let Some(delays) = replicas {
         table.push_str(&render_propagation(&delays));
     }
-    if let Some(phases) = overload {
-        table.push_str(&render_overload(&phases));
+    for (capacity, phases) in &overloads {
+        table.push_str(&render_overload(*capacity, phases));
     }
     match out {
         Some(path) => std::fs::write(path, table).unwrap(),
