@@ -24,7 +24,6 @@ use mailconnect::domain::probe::{
     ProbeContext, ProbeOutcome, ProbeReport, ProbeRequest, ProbeTarget, Security, ServerEndpoint,
 };
 use mailconnect::probe::Probe;
-use mailconnect::service::probing::Prober as _;
 
 #[allow(dead_code)]
 #[path = "../tests/api/mail_servers.rs"]

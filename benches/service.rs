@@ -56,8 +56,6 @@ const PRESETS_LARGE: i64 = 64;
 const PRESETS_SMALL: i64 = 4;
 const CONNECTIONS: usize = 4;
 const STREAMS: [usize; 4] = [1, 16, 64, 256];
-/// The probe workload opens real IMAP and SMTP sessions: fewer streams.
-const PROBE_STREAMS: [usize; 2] = [1, 16];
 const MAX_CALLS: u64 = 1_000_000;
 /// The overload runs: a server that runs at most this many calls at once, driven at exactly that
 /// many streams (unloaded) and at four times as many. Its pool has `OVERLOAD_POOL` connections:
@@ -136,13 +134,6 @@ impl Workload {
             Workload::CheckAddress => "check-address",
             Workload::GetAllowlist => "get-allowlist",
             Workload::CreateWithProbe => "create-probe",
-        }
-    }
-
-    fn streams(self) -> &'static [usize] {
-        match self {
-            Workload::CreateWithProbe => &PROBE_STREAMS,
-            _ => &STREAMS,
         }
     }
 }
@@ -1089,7 +1080,7 @@ async fn main() {
             facts.push(("skipped".to_owned(), "CreateDomainSettings + probe: Dovecot or aiosmtpd is missing (scripts/bench installs them)".to_owned()));
             continue;
         }
-        for &streams in workload.streams() {
+        for streams in STREAMS {
             let m = measure(&context, &server, &channels, workload, streams, duration).await;
             log(&backend, &m);
             measurements.push(m);

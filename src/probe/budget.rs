@@ -49,19 +49,36 @@ impl Admission {
         }
     }
 
-    /// Admits one probe, or says why not. The permit is held until the probe ends.
-    pub fn admit(&self, context: &ProbeContext) -> Result<OwnedSemaphorePermit, ProbeRefused> {
+    /// Admits `probes` probes together, or none of them and says why. The permit is held until
+    /// they end.
+    pub fn admit(
+        &self,
+        context: &ProbeContext,
+        probes: usize,
+    ) -> Result<OwnedSemaphorePermit, ProbeRefused> {
+        let count = u32::try_from(probes).map_err(|_| ProbeRefused::Busy)?;
         if let Some(account) = context.account_id
-            && let Err(not_until) = self.per_account.check_key(&account)
+            && let Some(count) = NonZeroU32::new(count)
         {
-            let now = self.per_account.clock().now();
-            return Err(ProbeRefused::RateLimited {
-                retry_after: not_until.wait_time_from(now),
-            });
+            match self.per_account.check_key_n(&account, count) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    let now = self.per_account.clock().now();
+                    return Err(ProbeRefused::RateLimited {
+                        retry_after: not_until.wait_time_from(now),
+                    });
+                }
+                // More probes than the account may start in a minute: they never fit at once.
+                Err(_) => {
+                    return Err(ProbeRefused::RateLimited {
+                        retry_after: Duration::from_secs(60),
+                    });
+                }
+            }
         }
         self.running
             .clone()
-            .try_acquire_owned()
+            .try_acquire_many_owned(count)
             .map_err(|_| ProbeRefused::Busy)
     }
 }

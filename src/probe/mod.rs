@@ -86,14 +86,29 @@ impl<C: Connector> Probe<C> {
     }
 }
 
-impl<C: Connector> Prober for Probe<C> {
-    async fn probe(
+impl<C: Connector> Probe<C> {
+    /// Runs one probe, admitted on its own.
+    pub async fn probe(
         &self,
         request: ProbeRequest,
         context: ProbeContext,
     ) -> Result<ProbeReport, ProbeRefused> {
-        let _permit = self.admission.admit(&context)?;
+        let _permit = self.admission.admit(&context, 1)?;
         Ok(self.run(request, context.deadline).await)
+    }
+}
+
+impl<C: Connector> Prober for Probe<C> {
+    async fn probe_all(
+        &self,
+        requests: Vec<ProbeRequest>,
+        context: ProbeContext,
+    ) -> Result<Vec<ProbeReport>, ProbeRefused> {
+        let _permit = self.admission.admit(&context, requests.len())?;
+        let runs = requests
+            .into_iter()
+            .map(|request| self.run(request, context.deadline));
+        Ok(futures_util::future::join_all(runs).await)
     }
 }
 

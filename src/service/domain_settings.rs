@@ -263,23 +263,17 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             account_id: Some(account_id),
             ..context.clone()
         };
-        let probes = probe_requests(settings, credentials)
-            .into_iter()
-            .map(|request| self.prober.probe(request, context.clone()));
-        futures_util::future::join_all(probes)
+        self.prober
+            .probe_all(probe_requests(settings, credentials), context)
             .await
-            .into_iter()
-            .map(|result| {
-                result.map_err(|refused| ServiceError::ResourceExhausted {
-                    reason: "PROBE_CAPACITY",
-                    message: refused.to_string(),
-                    retry_after: match refused {
-                        ProbeRefused::Busy => None,
-                        ProbeRefused::RateLimited { retry_after } => Some(retry_after),
-                    },
-                })
+            .map_err(|refused| ServiceError::ResourceExhausted {
+                reason: "PROBE_CAPACITY",
+                message: refused.to_string(),
+                retry_after: match refused {
+                    ProbeRefused::Busy => None,
+                    ProbeRefused::RateLimited { retry_after } => Some(retry_after),
+                },
             })
-            .collect()
     }
 
     /// Probes and refuses unless every server passed.
@@ -596,18 +590,27 @@ mod tests {
     }
 
     impl Prober for ScriptedProber {
-        async fn probe(
+        async fn probe_all(
             &self,
-            request: ProbeRequest,
+            requests: Vec<ProbeRequest>,
             _context: ProbeContext,
-        ) -> Result<ProbeReport, ProbeRefused> {
+        ) -> Result<Vec<ProbeReport>, ProbeRefused> {
+            Ok(requests
+                .into_iter()
+                .map(|request| self.report(request))
+                .collect())
+        }
+    }
+
+    impl ScriptedProber {
+        fn report(&self, request: ProbeRequest) -> ProbeReport {
             let target = request.target.to_string();
             self.asked.lock().unwrap().push(target.clone());
             let failed = self
                 .failing_hosts
                 .iter()
                 .any(|host| target.contains(host.as_str()));
-            Ok(ProbeReport {
+            ProbeReport {
                 target,
                 protocol: request.target.protocol(),
                 outcome: if failed {
@@ -632,7 +635,7 @@ mod tests {
                 total_latency: Duration::ZERO,
                 connected_address: String::new(),
                 probe_time: SystemTime::now(),
-            })
+            }
         }
     }
 

@@ -5,11 +5,14 @@ use std::future::Future;
 use crate::domain::probe::{ProbeContext, ProbeRefused, ProbeReport, ProbeRequest};
 
 pub trait Prober: Send + Sync + 'static {
-    /// Runs one probe; a failing server is a report with a failed outcome, not an error. Errors are
-    /// only for probes that were not run (concurrency bound or rate limit).
-    fn probe(
+    /// Runs the probes of one call concurrently, a report each in the order asked; a failing
+    /// server is a report with a failed outcome, not an error. They are admitted together (the
+    /// concurrency bound and the account's rate), or none is run: a call refused for one of its
+    /// probes must not hold a slot running the others, which, with many callers, left most calls
+    /// refused after half their work.
+    fn probe_all(
         &self,
-        request: ProbeRequest,
+        requests: Vec<ProbeRequest>,
         context: ProbeContext,
-    ) -> impl Future<Output = Result<ProbeReport, ProbeRefused>> + Send;
+    ) -> impl Future<Output = Result<Vec<ProbeReport>, ProbeRefused>> + Send;
 }

@@ -10,7 +10,6 @@ use mailconnect::domain::probe::{
 };
 use mailconnect::probe::Probe;
 use mailconnect::probe::tls::TlsClient;
-use mailconnect::service::probing::Prober as _;
 
 use crate::fault_servers::{FakeEws, Fault, FaultServer, refused_port};
 use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, probe_settings};

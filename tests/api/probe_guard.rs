@@ -285,6 +285,41 @@ async fn an_allowed_address_is_connected_to_exactly_as_checked() {
     );
 }
 
+/// The probes of one call are admitted together or not at all: a call needing two, with room
+/// for one, is refused before either connects, and leaves the room free.
+#[tokio::test]
+async fn a_calls_probes_are_admitted_together_or_not_at_all() {
+    let recording = RecordingConnector::default();
+    let probe = Probe::with_connector(
+        &ProbeSettings {
+            probe_max_concurrent: 1,
+            ..default_settings(&[993])
+        },
+        recording.clone(),
+    );
+    let pair = vec![
+        imap_request("public.test", 993),
+        imap_request("public.test", 993),
+    ];
+    let refused = probe.probe_all(pair, ProbeContext::default()).await;
+    assert_eq!(refused.unwrap_err(), ProbeRefused::Busy);
+    assert!(
+        recording.attempts().is_empty(),
+        "a probe of the refused call ran: {:?}",
+        recording.attempts()
+    );
+    // The room was not taken: a call of one probe runs (the recording connector refuses it).
+    let reports = probe
+        .probe_all(
+            vec![imap_request("public.test", 993)],
+            ProbeContext::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(recording.attempts().len(), 1);
+}
+
 #[tokio::test]
 async fn concurrency_and_per_account_rate_are_bounded() {
     let server = FaultServer::start(Fault::Silent).await;

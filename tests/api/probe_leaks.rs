@@ -7,7 +7,6 @@ use std::time::Duration;
 use mailconnect::config::ProbeSettings;
 use mailconnect::domain::probe::{ProbeContext, ProbeOutcome, Security};
 use mailconnect::probe::Probe;
-use mailconnect::service::probing::Prober as _;
 
 use crate::fault_servers::{Fault, FaultServer, Unanswered, refused_port};
 use crate::mail_servers::probe_settings;
