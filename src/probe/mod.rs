@@ -65,6 +65,16 @@ impl<C: Connector> Probe<C> {
         &self.guard
     }
 
+    /// Runs one probe, admitted on its own.
+    pub async fn probe(
+        &self,
+        request: ProbeRequest,
+        context: ProbeContext,
+    ) -> Result<ProbeReport, ProbeRefused> {
+        let mut reports = self.probe_all(vec![request], context).await?;
+        Ok(reports.remove(0))
+    }
+
     /// Runs one probe without admission control (the command line runs exactly one).
     #[tracing::instrument(skip_all, fields(target = %request.target))]
     pub async fn run(
@@ -83,18 +93,6 @@ impl<C: Connector> Probe<C> {
         let report = run.finish();
         tracing::info!(outcome = ?report.outcome, field = %report.field, "probe finished");
         report
-    }
-}
-
-impl<C: Connector> Probe<C> {
-    /// Runs one probe, admitted on its own.
-    pub async fn probe(
-        &self,
-        request: ProbeRequest,
-        context: ProbeContext,
-    ) -> Result<ProbeReport, ProbeRefused> {
-        let _permit = self.admission.admit(&context, 1)?;
-        Ok(self.run(request, context.deadline).await)
     }
 }
 
