@@ -8,8 +8,10 @@
 //! (`postgres` or `sqlite`), `MAILCONNECT_BENCH_OUT` (Markdown file), `MAILCONNECT_BENCH_SECONDS`
 //! (per measurement, default 3), `MAILCONNECT_BENCH_WORKLOADS` (comma-separated keys, see
 //! `Workload::key`; default all), `MAILCONNECT_BENCH_POSTGRES_URL` (server without a database,
-//! default `postgres://postgres@127.0.0.1:5432`). Every packet goes to 127.0.0.1; every
-//! measurement stops after its duration or 1,000,000 calls.
+//! default `postgres://postgres@127.0.0.1:5432`), `MAILCONNECT_BENCH_CLIENT_CPUS` and
+//! `MAILCONNECT_BENCH_SERVER_CPUS` (optional `taskset` CPU lists for this load client and for the
+//! server). Every packet goes to 127.0.0.1; every measurement stops after its duration or
+//! 1,000,000 calls.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -563,8 +565,67 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The CPUs `taskset` keeps the load client and the server on, when the run asks for it: with
+/// both on every CPU, their threads take turns on the same cores and each waits out the other's
+/// time slices; on CPUs of their own, the client stands for callers on other machines.
+struct Placement {
+    client: Option<String>,
+    server: Option<String>,
+}
+
+impl Placement {
+    fn from_env() -> Self {
+        let cpus = |name| std::env::var(name).ok().filter(|list| !list.is_empty());
+        Self {
+            client: cpus("MAILCONNECT_BENCH_CLIENT_CPUS"),
+            server: cpus("MAILCONNECT_BENCH_SERVER_CPUS"),
+        }
+    }
+
+    /// Moves this process to the client's CPUs.
+    fn pin_client(&self) {
+        if let Some(cpus) = &self.client {
+            let pid = std::process::id().to_string();
+            let status = Command::new("taskset")
+                .args(["--all-tasks", "--pid", "--cpu-list", cpus, &pid])
+                .stdout(Stdio::null())
+                .status()
+                .expect("run taskset (util-linux)");
+            assert!(
+                status.success(),
+                "taskset could not pin the load client to CPUs {cpus}"
+            );
+        }
+    }
+
+    /// Where the report says the processes ran.
+    fn describe(&self) -> String {
+        match (&self.client, &self.server) {
+            (None, None) => String::new(),
+            (client, server) => format!(
+                ", load client on CPU {}, server on CPU {}, Postgres on any",
+                client.as_deref().unwrap_or("any"),
+                server.as_deref().unwrap_or("any")
+            ),
+        }
+    }
+
+    /// The server's command, under `taskset` when it has CPUs of its own (taskset execs it, so
+    /// the pid is the server's).
+    fn command(&self, binary: &Path) -> Command {
+        match &self.server {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["--cpu-list", cpus]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        }
+    }
+}
+
 fn server_command(binary: &Path, database_url: &str, dir: &Path) -> Command {
-    let mut command = Command::new(binary);
+    let mut command = Placement::from_env().command(binary);
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -845,9 +906,9 @@ fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
 
-fn render(backend: &str, facts: &[(String, String)], measurements: &[Measurement]) -> String {
+fn render(title: &str, facts: &[(String, String)], measurements: &[Measurement]) -> String {
     let mut out = String::new();
-    writeln!(out, "### {backend}\n").unwrap();
+    writeln!(out, "### {title}\n").unwrap();
     for (fact, value) in facts {
         writeln!(out, "- {fact}: {value}").unwrap();
     }
@@ -976,8 +1037,18 @@ fn render_overload(capacity: usize, phases: &[(Measurement, Calls)]) -> String {
     out
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Pinned before the runtime starts, so that it sizes its worker pool to the client's CPUs.
+    let placement = Placement::from_env();
+    placement.pin_client();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("start the load client's runtime")
+        .block_on(bench(placement));
+}
+
+async fn bench(placement: Placement) {
     let Some(binary) = std::env::var_os("MAILCONNECT_BENCH_SERVER").map(PathBuf::from) else {
         // A plain `cargo bench` runs the criterion bench and skips this one.
         eprintln!(
@@ -1168,7 +1239,8 @@ async fn main() {
         drop((first_channels, second_channels, first, second));
     }
 
-    let mut table = render(&backend, &facts, &measurements);
+    let title = format!("{backend}{}", placement.describe());
+    let mut table = render(&title, &facts, &measurements);
     if let Some(delays) = replicas {
         table.push_str(&render_propagation(&delays));
     }
