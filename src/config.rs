@@ -238,11 +238,12 @@ pub struct ProbeSettings {
     /// The longest one stage (connect, TLS handshake, greeting, login, …) may take.
     #[arg(long, env = "MAILCONNECT_PROBE_STAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub probe_stage_timeout: Duration,
-    /// Most probes running at once in this process; more are refused as busy.
-    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most probes running at once in this process; more are refused as busy. At least 2: a
+    /// call with IMAP and SMTP settings runs both probes at once.
+    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
     pub probe_max_concurrent: u32,
-    /// Most probes one account may start per minute.
-    #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most probes one account may start per minute. At least 2, for the same reason.
+    #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..))]
     pub probe_rate_per_minute: u32,
     /// Comma-separated PEM files of certificate authorities the probe trusts besides the public
     /// (webpki) roots, e.g. a company's private CA that signs its mail servers' certificates.

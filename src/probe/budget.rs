@@ -50,13 +50,19 @@ impl Admission {
     }
 
     /// Admits `probes` probes together, or none of them and says why. The permit is held until
-    /// they end.
+    /// they end. Room is taken before the account's rate is charged: a call refused as busy has
+    /// probed nothing and must not spend the minute's allowance its retry will need.
     pub fn admit(
         &self,
         context: &ProbeContext,
         probes: usize,
     ) -> Result<OwnedSemaphorePermit, ProbeRefused> {
         let count = u32::try_from(probes).map_err(|_| ProbeRefused::Busy)?;
+        let permit = self
+            .running
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| ProbeRefused::Busy)?;
         if let Some(account) = context.account_id
             && let Some(count) = NonZeroU32::new(count)
         {
@@ -68,7 +74,8 @@ impl Admission {
                         retry_after: not_until.wait_time_from(now),
                     });
                 }
-                // More probes than the account may start in a minute: they never fit at once.
+                // More probes than the account may start in a minute: they never fit at once
+                // (the settings' lower bound of 2 keeps a call of IMAP and SMTP within it).
                 Err(_) => {
                     return Err(ProbeRefused::RateLimited {
                         retry_after: Duration::from_secs(60),
@@ -76,9 +83,6 @@ impl Admission {
                 }
             }
         }
-        self.running
-            .clone()
-            .try_acquire_many_owned(count)
-            .map_err(|_| ProbeRefused::Busy)
+        Ok(permit)
     }
 }

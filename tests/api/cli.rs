@@ -161,3 +161,26 @@ fn a_settings_file_sits_between_defaults_and_the_environment() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("MAILCONNECT_DATABSE_URL"));
 }
+
+/// A call with IMAP and SMTP settings runs two probes at once: a bound or a rate of one would
+/// refuse every such call, so the server does not start with it.
+#[test]
+fn probe_bounds_below_a_calls_two_probes_are_refused_at_start() {
+    for variable in [
+        "MAILCONNECT_PROBE_MAX_CONCURRENT",
+        "MAILCONNECT_PROBE_RATE_PER_MINUTE",
+    ] {
+        let output = mailconnect()
+            .args(["serve", "--database-url", "sqlite::memory:"])
+            .env(variable, "1")
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "clap usage error for {variable}"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("1 is not in 2.."), "{variable}: {stderr}");
+    }
+}

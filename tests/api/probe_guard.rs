@@ -320,6 +320,51 @@ async fn a_calls_probes_are_admitted_together_or_not_at_all() {
     assert_eq!(recording.attempts().len(), 1);
 }
 
+/// A call refused as busy has probed nothing, so it spends none of its account's rate: the
+/// retries of a busy minute still find the allowance there once there is room.
+#[tokio::test]
+async fn a_busy_refusal_spends_none_of_the_accounts_rate() {
+    let recording = RecordingConnector::default();
+    let probe = Probe::with_connector(
+        &ProbeSettings {
+            probe_max_concurrent: 1,
+            probe_rate_per_minute: 2,
+            ..default_settings(&[993])
+        },
+        recording.clone(),
+    );
+    let account = ProbeContext {
+        account_id: Some(7),
+        deadline: None,
+    };
+    let pair = || {
+        vec![
+            imap_request("public.test", 993),
+            imap_request("public.test", 993),
+        ]
+    };
+    for _ in 0..3 {
+        let refused = probe.probe_all(pair(), account.clone()).await;
+        assert_eq!(refused.unwrap_err(), ProbeRefused::Busy);
+    }
+    for _ in 0..2 {
+        let reports = probe
+            .probe_all(vec![imap_request("public.test", 993)], account.clone())
+            .await
+            .unwrap();
+        assert_eq!(reports.len(), 1);
+    }
+    assert_eq!(recording.attempts().len(), 2);
+    // The two probes the minute allows are spent now.
+    let limited = probe
+        .probe_all(vec![imap_request("public.test", 993)], account)
+        .await;
+    assert!(
+        matches!(limited, Err(ProbeRefused::RateLimited { .. })),
+        "{limited:?}"
+    );
+}
+
 #[tokio::test]
 async fn concurrency_and_per_account_rate_are_bounded() {
     let server = FaultServer::start(Fault::Silent).await;
