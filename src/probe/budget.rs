@@ -49,6 +49,12 @@ impl Admission {
         }
     }
 
+    /// Whether `probes` probes would fit under the concurrency bound now (a hint: nothing is
+    /// taken).
+    pub fn has_room(&self, probes: usize) -> bool {
+        self.running.available_permits() >= probes
+    }
+
     /// Admits `probes` probes together, or none of them and says why. The permit is held until
     /// they end. Room is taken before the account's rate is charged: a call refused as busy has
     /// probed nothing and must not spend the minute's allowance its retry will need.

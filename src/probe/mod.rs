@@ -108,6 +108,10 @@ impl<C: Connector> Prober for Probe<C> {
             .map(|request| self.run(request, context.deadline));
         Ok(futures_util::future::join_all(runs).await)
     }
+
+    fn has_room(&self, probes: usize) -> bool {
+        self.admission.has_room(probes)
+    }
 }
 
 /// The stages a probe of this request runs when everything works.

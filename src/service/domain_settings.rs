@@ -209,6 +209,17 @@ fn expected_version(field: &str, etag: &str) -> Result<Option<i64>, ServiceError
 }
 
 /// The probes settings need: IMAP and SMTP, or the Exchange URL.
+fn probe_refused(refused: ProbeRefused) -> ServiceError {
+    ServiceError::ResourceExhausted {
+        reason: "PROBE_CAPACITY",
+        message: refused.to_string(),
+        retry_after: match refused {
+            ProbeRefused::Busy => None,
+            ProbeRefused::RateLimited { retry_after } => Some(retry_after),
+        },
+    }
+}
+
 fn probe_requests(
     settings: &ServerSettings,
     credentials: Option<&ProbeCredentials>,
@@ -266,14 +277,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         self.prober
             .probe_all(probe_requests(settings, credentials), context)
             .await
-            .map_err(|refused| ServiceError::ResourceExhausted {
-                reason: "PROBE_CAPACITY",
-                message: refused.to_string(),
-                retry_after: match refused {
-                    ProbeRefused::Busy => None,
-                    ProbeRefused::RateLimited { retry_after } => Some(retry_after),
-                },
-            })
+            .map_err(probe_refused)
     }
 
     /// Probes and refuses unless every server passed.
@@ -323,6 +327,11 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             && let Some(first) = self.store.find_request(account_id, id.clone()).await?
         {
             return replay(first, &domain);
+        }
+        // A herd retrying while the probes are busy would otherwise each read the database
+        // first, taking it from the calls being served.
+        if !self.prober.has_room(probe_requests(&settings, None).len()) {
+            return Err(probe_refused(ProbeRefused::Busy));
         }
         if let Some(existing) = self.store.get(account_id, domain.clone()).await? {
             return Err(already_exists(&domain, existing.settings.kind()));
@@ -573,6 +582,7 @@ fn replay(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use super::*;
@@ -587,6 +597,7 @@ mod tests {
     struct ScriptedProber {
         failing_hosts: Vec<String>,
         asked: Mutex<Vec<String>>,
+        no_room: AtomicBool,
     }
 
     impl Prober for ScriptedProber {
@@ -599,6 +610,10 @@ mod tests {
                 .into_iter()
                 .map(|request| self.report(request))
                 .collect())
+        }
+
+        fn has_room(&self, _probes: usize) -> bool {
+            !self.no_room.load(Ordering::Relaxed)
         }
     }
 
@@ -719,6 +734,63 @@ mod tests {
         };
         assert_eq!(reason, "DOMAIN_ALREADY_CONFIGURED");
         assert_eq!(metadata["existing_kind"], "imap");
+    }
+
+    /// Without room for its probes a create is refused before it reads whether the domain exists
+    /// (a herd retrying while the probes are busy would otherwise each read the database); a
+    /// replay of a create that already happened still gets its answer.
+    #[tokio::test]
+    async fn a_create_without_probe_room_is_refused_before_it_reads_the_database() {
+        let service = service(&[]).await;
+        let request = || imap("example.com", "imap.example.com");
+        service
+            .create(&admin(), request(), false, "first", &ctx())
+            .await
+            .unwrap();
+        service.prober.no_room.store(true, Ordering::Relaxed);
+
+        let replayed = service
+            .create(&admin(), request(), false, "first", &ctx())
+            .await
+            .unwrap();
+        assert_eq!(replayed.value.domain.as_str(), "example.com");
+        for domain in ["example.com", "example.org"] {
+            let err = service
+                .create(
+                    &admin(),
+                    imap(domain, "imap.example.com"),
+                    false,
+                    "",
+                    &ctx(),
+                )
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                matches!(
+                    err,
+                    ServiceError::ResourceExhausted {
+                        reason: "PROBE_CAPACITY",
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "{domain}: {err:?}"
+            );
+        }
+        assert_eq!(
+            service.prober.asked.lock().unwrap().len(),
+            2,
+            "only the first create probed"
+        );
+
+        service.prober.no_room.store(false, Ordering::Relaxed);
+        let err = service
+            .create(&admin(), request(), false, "", &ctx())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ServiceError::AlreadyExists { .. }), "{err:?}");
     }
 
     #[tokio::test]

@@ -301,6 +301,7 @@ async fn a_calls_probes_are_admitted_together_or_not_at_all() {
         imap_request("public.test", 993),
         imap_request("public.test", 993),
     ];
+    assert!(probe.has_room(1) && !probe.has_room(2), "room for one probe only");
     let refused = probe.probe_all(pair, ProbeContext::default()).await;
     assert_eq!(refused.unwrap_err(), ProbeRefused::Busy);
     assert!(
@@ -393,6 +394,7 @@ async fn concurrency_and_per_account_rate_are_bounded() {
         assert!(!running.is_finished(), "the first probe ended early");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(!probe.has_room(1), "the running probe holds the only slot");
     let second = probe
         .probe(
             imap_request("127.0.0.1", server.port),
