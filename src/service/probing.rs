@@ -18,8 +18,6 @@ pub trait Prober: Send + Sync + 'static {
 
     /// Whether `probes` probes would find room now, taking nothing: lets a call that would be
     /// refused skip the database reads it makes before probing. Only a hint (room may come or go
-    /// before `probe_all`, which decides); the default always has room.
-    fn has_room(&self, _probes: usize) -> bool {
-        true
-    }
+    /// before `probe_all`, which decides).
+    fn has_room(&self, probes: usize) -> bool;
 }

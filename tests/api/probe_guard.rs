@@ -301,7 +301,10 @@ async fn a_calls_probes_are_admitted_together_or_not_at_all() {
         imap_request("public.test", 993),
         imap_request("public.test", 993),
     ];
-    assert!(probe.has_room(1) && !probe.has_room(2), "room for one probe only");
+    assert!(
+        probe.has_room(1) && !probe.has_room(2),
+        "room for one probe only"
+    );
     let refused = probe.probe_all(pair, ProbeContext::default()).await;
     assert_eq!(refused.unwrap_err(), ProbeRefused::Busy);
     assert!(
