@@ -208,7 +208,7 @@ fn expected_version(field: &str, etag: &str) -> Result<Option<i64>, ServiceError
     })
 }
 
-/// The probes settings need: IMAP and SMTP, or the Exchange URL.
+/// The answer to a call whose probes were refused (busy, or over the account's rate).
 fn probe_refused(refused: ProbeRefused) -> ServiceError {
     ServiceError::ResourceExhausted {
         reason: "PROBE_CAPACITY",
@@ -220,6 +220,7 @@ fn probe_refused(refused: ProbeRefused) -> ServiceError {
     }
 }
 
+/// The probes settings need: IMAP and SMTP, or the Exchange URL.
 fn probe_requests(
     settings: &ServerSettings,
     credentials: Option<&ProbeCredentials>,
