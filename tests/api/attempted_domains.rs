@@ -138,7 +138,7 @@ fn tally(domain: &str, attempts: i64, first_second: u64, last_second: u64) -> At
 }
 
 /// Flushes add to the stored counts and keep the earliest first and the latest last attempt,
-/// also in a flush larger than one statement's rows.
+/// also in a flush of many rows.
 async fn flushes_add_up_in_the_database(backend: Backend) {
     let database = TestDatabase::create(backend);
     let stored = Database::new(DatabaseUrl::parse(database.url()).unwrap(), 1).unwrap();

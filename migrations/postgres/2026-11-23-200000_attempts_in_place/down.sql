@@ -1,0 +1,2 @@
+ALTER TABLE attempted_domains RESET (fillfactor);
+CREATE INDEX attempted_domains_recent ON attempted_domains (account_id, last_attempt_time DESC, domain);
