@@ -193,8 +193,10 @@ impl Context {
                             [seq as usize % 4];
                         format!("user{}@{domain}", seq % 50)
                     }
-                    // A few hundred distinct unknown domains per account: the attempted-domains
-                    // write-behind mostly adds to a row, as it does for real users retrying.
+                    // The account follows from `seq` (`Context::account`), so the pair repeats
+                    // every 3,000 calls: 3 unknown domains per account, as a company's users
+                    // share its few domains. The read cache holds all 3,000 answers, and each
+                    // flush of the attempted domains adds to up to 3,000 existing rows.
                     _ => format!("user@unknown{}.acct{account}.example", seq % 300),
                 };
                 settings
