@@ -193,7 +193,51 @@ async fn flushes_add_up_in_the_database(backend: Backend) {
     );
 }
 
+/// The list is newest first, then by domain, and pages continue exactly after the last row: no
+/// index serves that order (the rows are rewritten in place by every flush), so the database
+/// sorts one account's rows.
+async fn attempts_are_listed_newest_first_across_pages(backend: Backend) {
+    let database = TestDatabase::create(backend);
+    let stored = Database::new(DatabaseUrl::parse(database.url()).unwrap(), 1).unwrap();
+    stored.migrate().await.unwrap();
+    stored
+        .record_attempts(vec![
+            tally("b.example", 1, 1, 30),
+            tally("a.example", 1, 1, 30),
+            tally("old.example", 1, 1, 10),
+            tally("new.example", 1, 1, 40),
+            tally("c.example", 1, 1, 30),
+        ])
+        .await
+        .unwrap();
+    // A later flush moves a row to the top.
+    stored
+        .record_attempts(vec![tally("old.example", 1, 50, 50)])
+        .await
+        .unwrap();
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = stored.list_attempts(1, after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((
+            mailconnect::storage::to_micros(last.last_attempt_time),
+            last.domain.clone(),
+        ));
+        pages.push(page.into_iter().map(|a| a.domain).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["old.example", "new.example"],
+            vec!["a.example", "b.example"],
+            vec!["c.example"],
+        ]
+    );
+}
+
 backend_tests!(
+    attempts_are_listed_newest_first_across_pages,
     flushes_add_up_in_the_database,
     concurrent_resolves_are_counted_exactly,
     sigterm_writes_the_pending_attempts,
