@@ -1,21 +1,29 @@
 //! Global load shedding: at most N calls run in the whole server; one more is refused at once
 //! with RESOURCE_EXHAUSTED (reason OVERLOADED) instead of queueing, so that a client (or its load
-//! balancer) retries on a less busy replica. A slot is held until the response body ends, so
-//! streams count for as long as they are open. Health checks are never shed: Kubernetes must
-//! see the truth even under load.
+//! balancer) retries on a less busy replica, after the delay the refusal gives. A slot is held
+//! until the response body ends, so streams count for as long as they are open. Health checks
+//! are never shed: Kubernetes must see the truth even under load.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use super::policy::{CallPolicy, Inner, Response};
-use super::status::status;
+use super::status::ERROR_DOMAIN;
 use super::{BoxFuture, HEALTH_SERVICE, split_rpc_path};
+
+/// How long a refused caller is told to wait before it retries, in ms: long enough for the calls
+/// running now to end, drawn anew for each refusal so that the refused do not come back together.
+const RETRY_AFTER_MS: Range<u64> = 20..60;
 
 #[derive(Clone)]
 pub struct LoadShed {
@@ -44,12 +52,7 @@ impl CallPolicy for LoadShed {
             return Box::pin(inner.call(request));
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            let refusal = status(
-                Code::ResourceExhausted,
-                "OVERLOADED",
-                "the server is at its concurrent call limit; retry with backoff",
-                HashMap::from([("max_concurrent_calls".to_owned(), self.limit.to_string())]),
-            );
+            let refusal = self.refusal(Duration::from_millis(rand::random_range(RETRY_AFTER_MS)));
             return Box::pin(std::future::ready(Ok(refusal.into_http())));
         };
         let response = inner.call(request);
@@ -62,6 +65,30 @@ impl CallPolicy for LoadShed {
                 })
             }))
         })
+    }
+}
+
+impl LoadShed {
+    /// RESOURCE_EXHAUSTED with the delay twice: as `google.rpc.RetryInfo` for any client, and as
+    /// `grpc-retry-pushback-ms`, which gRPC clients whose retry policy covers RESOURCE_EXHAUSTED
+    /// wait out before they retry (gRFC A6).
+    fn refusal(&self, retry_after: Duration) -> Status {
+        let mut details = ErrorDetails::with_error_info(
+            "OVERLOADED",
+            ERROR_DOMAIN,
+            HashMap::from([("max_concurrent_calls".to_owned(), self.limit.to_string())]),
+        );
+        details.set_retry_info(Some(retry_after));
+        let mut status = Status::with_error_details(
+            Code::ResourceExhausted,
+            "the server is at its concurrent call limit; retry after the delay in RetryInfo, ideally on another replica",
+            details,
+        );
+        let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", MetadataValue::from(millis));
+        status
     }
 }
 

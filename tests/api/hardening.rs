@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+use tonic_types::StatusExt as _;
 
 use crate::backend_tests;
 use crate::harness::{Backend, TestDatabase, assert_error, authed, start_app_with};
@@ -40,6 +41,17 @@ async fn calls_beyond_the_global_limit_are_shed(backend: Backend) {
     let status = get_account().await.unwrap_err();
     let metadata = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
     assert_eq!(metadata["max_concurrent_calls"], "1");
+    // When to come back: RetryInfo for any client, the same delay as gRPC's retry pushback.
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a refusal carries RetryInfo");
+    assert!(
+        (Duration::from_millis(20)..Duration::from_millis(60)).contains(&delay),
+        "{delay:?}"
+    );
+    let pushback = status.metadata().get("grpc-retry-pushback-ms").unwrap();
+    assert_eq!(pushback.to_str().unwrap(), delay.as_millis().to_string());
     assert_eq!(app.health("").await.unwrap(), ServingStatus::Serving);
 
     drop(requests);
