@@ -41,6 +41,7 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 
 #[path = "support/ranges.rs"]
 mod ranges;
@@ -803,6 +804,7 @@ async fn measure(
     workload: Workload,
     streams: usize,
     duration: Duration,
+    retry: Retry,
 ) -> Measurement {
     // Unrecorded warm-up: connections, pools, caches.
     run(
@@ -811,12 +813,13 @@ async fn measure(
         workload,
         streams,
         Duration::from_millis(300),
+        retry,
     )
     .await;
     server.reset_peak_rss();
     let cpu_before = server.cpu_seconds();
     let started = Instant::now();
-    let calls = run(context, channels, workload, streams, duration).await;
+    let calls = run(context, channels, workload, streams, duration, retry).await;
     let seconds = started.elapsed().as_secs_f64();
     Measurement {
         workload,
@@ -829,12 +832,22 @@ async fn measure(
     }
 }
 
+/// What a stream does after a refusal that says when to retry (`google.rpc.RetryInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Sends its next call at once: the harshest client.
+    AtOnce,
+    /// Waits the delay first, as a gRPC client with a retry policy does with the server's pushback.
+    AsTold,
+}
+
 async fn run(
     context: &Arc<Context>,
     channels: &[Channel],
     workload: Workload,
     streams: usize,
     duration: Duration,
+    retry: Retry,
 ) -> Calls {
     let deadline = Instant::now() + duration;
     let issued = Arc::new(AtomicU64::new(0));
@@ -852,8 +865,17 @@ async fn run(
                     }
                     let started = Instant::now();
                     let result = context.call(workload, channel.clone(), seq).await;
-                    let code = result.map_or_else(|status| status.code(), |()| Code::Ok);
+                    let code = result
+                        .as_ref()
+                        .map_or_else(|status| status.code(), |()| Code::Ok);
                     calls.record(code, started.elapsed());
+                    if let (Retry::AsTold, Err(status)) = (retry, &result)
+                        && let Some(delay) = status
+                            .get_details_retry_info()
+                            .and_then(|info| info.retry_delay)
+                    {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 calls
             })
@@ -955,10 +977,16 @@ fn render(title: &str, facts: &[(String, String)], measurements: &[Measurement])
 }
 
 /// The overload section: the admitted (OK) and refused (RESOURCE_EXHAUSTED) calls apart, beside
-/// the health checks answered meanwhile. `phases`: unloaded, then overloaded.
+/// the health checks answered meanwhile. `phases`: unloaded, then overloaded by streams that
+/// retry at once, then by streams that wait as the refusals tell them.
 fn render_overload(capacity: usize, phases: &[(Measurement, Calls)]) -> String {
-    let [(unloaded, _), (overloaded, _)] = phases else {
-        unreachable!("two phases are measured");
+    const PHASES: [&str; 3] = [
+        "unloaded (= capacity)",
+        "overload (4× capacity), retrying at once",
+        "overload (4× capacity), waiting as told",
+    ];
+    let [(unloaded, _), overloaded @ ..] = phases else {
+        unreachable!("the unloaded phase is measured first");
     };
     let mut out = String::new();
     writeln!(
@@ -986,10 +1014,7 @@ fn render_overload(capacity: usize, phases: &[(Measurement, Calls)]) -> String {
             }
         })
     };
-    for ((m, health), phase) in phases
-        .iter()
-        .zip(["unloaded (= capacity)", "overload (4× capacity)"])
-    {
+    for ((m, health), phase) in phases.iter().zip(PHASES) {
         let ok = m.calls.of(Code::Ok);
         let shed = m.calls.of(Code::ResourceExhausted);
         let [ok50, ok99, ok999] = quantiles(&ok);
@@ -1010,30 +1035,28 @@ fn render_overload(capacity: usize, phases: &[(Measurement, Calls)]) -> String {
     }
     writeln!(
         out,
-        "\nRefused means RESOURCE_EXHAUSTED (reason OVERLOADED). Every stream sends its next call as soon as the last one ends, refused or not, without backing off. One more stream sends Health/Check (never shed) throughout each phase."
+        "\nRefused means RESOURCE_EXHAUSTED (reason OVERLOADED), whose RetryInfo gives a delay of 20 to 60 ms. Streams that retry at once send their next call as soon as the last one ends, refused or not; streams that wait as told first sleep a refusal's delay. A refusal's latency is its own call's, without the wait. One more stream sends Health/Check (never shed) throughout each phase."
     )
     .unwrap();
     let p99 = |m: &Measurement, code| m.calls.of(code).value_at_quantile(0.99);
     let unloaded_p99 = p99(unloaded, Code::Ok);
+    writeln!(out).unwrap();
+    for ((m, _), phase) in overloaded.iter().zip(&PHASES[1..]) {
+        let [_, shed99, shed999] = quantiles(&m.calls.of(Code::ResourceExhausted));
+        writeln!(
+            out,
+            "- {phase}: admitted calls p99 {} ms = {:.1}× the unloaded p99 of {} ms (goal ≤ 10×); refused calls p99 {shed99} ms, p99.9 {shed999} ms (goal ≤ 5 ms); server peak RSS {} MiB",
+            ms(p99(m, Code::Ok)),
+            p99(m, Code::Ok) as f64 / unloaded_p99.max(1) as f64,
+            ms(unloaded_p99),
+            mib(m.peak_rss_kib)
+        )
+        .unwrap();
+    }
     writeln!(
         out,
-        "\n- admitted calls at 4×: p99 {} ms = {:.1}× the unloaded p99 of {} ms (goal ≤ 10×)",
-        ms(p99(overloaded, Code::Ok)),
-        p99(overloaded, Code::Ok) as f64 / unloaded_p99.max(1) as f64,
-        ms(unloaded_p99)
-    )
-    .unwrap();
-    let [_, shed99, shed999] = quantiles(&overloaded.calls.of(Code::ResourceExhausted));
-    writeln!(
-        out,
-        "- refused calls at 4×: p99 {shed99} ms, p99.9 {shed999} ms (goal ≤ 5 ms)"
-    )
-    .unwrap();
-    writeln!(
-        out,
-        "- server peak RSS: {} MiB unloaded, {} MiB at 4×",
-        mib(unloaded.peak_rss_kib),
-        mib(overloaded.peak_rss_kib)
+        "- server peak RSS unloaded: {} MiB",
+        mib(unloaded.peak_rss_kib)
     )
     .unwrap();
     out
@@ -1154,7 +1177,16 @@ async fn bench(placement: Placement) {
             continue;
         }
         for streams in STREAMS {
-            let m = measure(&context, &server, &channels, workload, streams, duration).await;
+            let m = measure(
+                &context,
+                &server,
+                &channels,
+                workload,
+                streams,
+                duration,
+                Retry::AtOnce,
+            )
+            .await;
             log(&backend, &m);
             measurements.push(m);
         }
@@ -1188,7 +1220,11 @@ async fn bench(placement: Placement) {
         ])
         .await;
         let mut phases = Vec::new();
-        for streams in [capacity, 4 * capacity] {
+        for (streams, retry) in [
+            (capacity, Retry::AtOnce),
+            (4 * capacity, Retry::AtOnce),
+            (4 * capacity, Retry::AsTold),
+        ] {
             // Health checks are never shed: one more stream of them shows what the cheapest
             // answer costs on the machine meanwhile, to compare the refusals with.
             let (m, health) = tokio::join!(
@@ -1198,9 +1234,17 @@ async fn bench(placement: Placement) {
                     &channels,
                     OVERLOAD_WORKLOAD,
                     streams,
-                    duration
+                    duration,
+                    retry,
                 ),
-                run(&context, &channels, Workload::HealthCheck, 1, duration),
+                run(
+                    &context,
+                    &channels,
+                    Workload::HealthCheck,
+                    1,
+                    duration,
+                    Retry::AtOnce
+                ),
             );
             log(&backend, &m);
             phases.push((m, health));
@@ -1213,10 +1257,27 @@ async fn bench(placement: Placement) {
         // One stream first, as the default server met these reads: 64 concurrent first
         // CheckAddress calls would each build the index of 100,000 ranges (hundreds of MiB).
         for workload in CACHED_READS {
-            run(&context, &channels, workload, 1, Duration::from_millis(300)).await;
+            run(
+                &context,
+                &channels,
+                workload,
+                1,
+                Duration::from_millis(300),
+                Retry::AtOnce,
+            )
+            .await;
         }
         for workload in CACHED_READS {
-            let m = measure(&context, &server, &channels, workload, 64, duration).await;
+            let m = measure(
+                &context,
+                &server,
+                &channels,
+                workload,
+                64,
+                duration,
+                Retry::AtOnce,
+            )
+            .await;
             let m = Measurement {
                 server: Some("cache off"),
                 ..m
