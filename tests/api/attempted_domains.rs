@@ -137,12 +137,18 @@ fn tally(domain: &str, attempts: i64, first_second: u64, last_second: u64) -> At
     }
 }
 
-/// Flushes add to the stored counts and keep the earliest first and the latest last attempt,
-/// also in a flush of many rows.
-async fn flushes_add_up_in_the_database(backend: Backend) {
+/// A fresh, migrated database and the store over it (the database is dropped with the first).
+async fn migrated_store(backend: Backend) -> (TestDatabase, Database) {
     let database = TestDatabase::create(backend);
     let stored = Database::new(DatabaseUrl::parse(database.url()).unwrap(), 1).unwrap();
     stored.migrate().await.unwrap();
+    (database, stored)
+}
+
+/// Flushes add to the stored counts and keep the earliest first and the latest last attempt,
+/// also in a flush of many rows.
+async fn flushes_add_up_in_the_database(backend: Backend) {
+    let (_database, stored) = migrated_store(backend).await;
     let many: Vec<AttemptTally> = (0..1200)
         .map(|n| tally(&format!("d{n:04}.example"), 1, 1, 1))
         .collect();
@@ -197,9 +203,7 @@ async fn flushes_add_up_in_the_database(backend: Backend) {
 /// index serves that order (the rows are rewritten in place by every flush), so the database
 /// sorts one account's rows.
 async fn attempts_are_listed_newest_first_across_pages(backend: Backend) {
-    let database = TestDatabase::create(backend);
-    let stored = Database::new(DatabaseUrl::parse(database.url()).unwrap(), 1).unwrap();
-    stored.migrate().await.unwrap();
+    let (_database, stored) = migrated_store(backend).await;
     stored
         .record_attempts(vec![
             tally("b.example", 1, 1, 30),
