@@ -38,6 +38,28 @@ impl LoadShed {
             limit,
         }
     }
+
+    /// RESOURCE_EXHAUSTED with the delay twice: as `google.rpc.RetryInfo` for any client, and as
+    /// `grpc-retry-pushback-ms`, which gRPC clients whose retry policy covers RESOURCE_EXHAUSTED
+    /// wait out before they retry (gRFC A6).
+    fn refusal(&self, retry_after: Duration) -> Status {
+        let mut details = ErrorDetails::with_error_info(
+            "OVERLOADED",
+            ERROR_DOMAIN,
+            HashMap::from([("max_concurrent_calls".to_owned(), self.limit.to_string())]),
+        );
+        details.set_retry_info(Some(retry_after));
+        let mut status = Status::with_error_details(
+            Code::ResourceExhausted,
+            "the server is at its concurrent call limit; retry after the delay in RetryInfo, ideally on another replica",
+            details,
+        );
+        let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", MetadataValue::from(millis));
+        status
+    }
 }
 
 impl CallPolicy for LoadShed {
@@ -65,30 +87,6 @@ impl CallPolicy for LoadShed {
                 })
             }))
         })
-    }
-}
-
-impl LoadShed {
-    /// RESOURCE_EXHAUSTED with the delay twice: as `google.rpc.RetryInfo` for any client, and as
-    /// `grpc-retry-pushback-ms`, which gRPC clients whose retry policy covers RESOURCE_EXHAUSTED
-    /// wait out before they retry (gRFC A6).
-    fn refusal(&self, retry_after: Duration) -> Status {
-        let mut details = ErrorDetails::with_error_info(
-            "OVERLOADED",
-            ERROR_DOMAIN,
-            HashMap::from([("max_concurrent_calls".to_owned(), self.limit.to_string())]),
-        );
-        details.set_retry_info(Some(retry_after));
-        let mut status = Status::with_error_details(
-            Code::ResourceExhausted,
-            "the server is at its concurrent call limit; retry after the delay in RetryInfo, ideally on another replica",
-            details,
-        );
-        let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-        status
-            .metadata_mut()
-            .insert("grpc-retry-pushback-ms", MetadataValue::from(millis));
-        status
     }
 }
 
