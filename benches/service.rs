@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection as _, PgConnection, SqliteConnection};
 use hdrhistogram::Histogram;
-use mailconnect::config::Secret;
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
 use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
 use mailconnect::grpc::proto::{

@@ -29,6 +29,7 @@ use crate::grpc::{AllowlistApi, DirectoryApi, DomainSettingsApi, LIVENESS_SERVIC
 use crate::probe::Probe;
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::attempts::AttemptRecorder;
+use crate::service::clock::{Clock, SystemClock};
 use crate::service::directory::DirectoryService;
 use crate::service::domain_settings::DomainSettingsService;
 use crate::storage::Database;
@@ -53,6 +54,7 @@ pub struct Application {
     keys: Arc<TokenKeys>,
     server: tonic::transport::Server,
     settings: Settings,
+    clock: Arc<dyn Clock>,
 }
 
 impl Application {
@@ -79,7 +81,14 @@ impl Application {
             keys,
             server,
             settings,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Runs the use cases on `clock` instead of the system's (tests move time by hand).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -144,6 +153,7 @@ impl Application {
         let allowlist_service = Arc::new(AllowlistService::new(
             self.database.clone(),
             default_data_center,
+            Arc::clone(&self.clock),
         ));
         let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
         let attempts = Arc::new(AttemptRecorder::new(self.database.clone()));
@@ -152,6 +162,7 @@ impl Application {
             self.database.clone(),
             attempts,
             Probe::from_settings(&self.settings.probe),
+            Arc::clone(&self.clock),
         )));
 
         let grace = self.settings.shutdown_grace;
@@ -254,12 +265,12 @@ async fn track_readiness(
                 }
             }
             if database.has_pending_migrations().await? {
-                return Err(crate::storage::StorageError::Migration(
+                return Err(crate::storage::StoreError::Unavailable(
                     "migrations are pending: run `mailconnect migrate`".to_owned(),
                 ));
             }
             if migrate {
-                let published = publish_initial_lists(&database).await?;
+                let published = publish_initial_lists(&database, &SystemClock).await?;
                 if published > 0 {
                     tracing::info!(published, "published the initial allowlists");
                 }

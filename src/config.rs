@@ -1,7 +1,6 @@
 //! Configuration: defaults, then `MAILCONNECT_*` environment variables, then flags of the same
 //! names (clap reads both). Secrets are wrapped so that they never print.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,37 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::domain::directory::DataCenterId;
+use crate::domain::secret::Secret;
 use crate::grpc::server::ServerSettings;
 use crate::storage::DatabaseUrl;
 use crate::tokens::TokenKeys;
-
-/// A value that must not appear in logs or debug output.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
 
 /// Where keys and the embedded database live, and which keys verify tokens. Shared by `serve`,
 /// `migrate` and `token`, so that a minted token verifies on the server next to it.
@@ -100,7 +72,7 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<Secret> {
             "{} is shorter than 32 characters; delete it to create a new one",
             path.display()
         );
-        return Ok(Secret(existing.to_owned()));
+        return Ok(Secret::new(existing.to_owned()));
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -108,7 +80,7 @@ fn dev_secret(data_dir: &Path) -> anyhow::Result<Secret> {
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&path, &secret)
         .with_context(|| format!("writing development JWT secret {}", path.display()))?;
-    Ok(Secret(secret))
+    Ok(Secret::new(secret))
 }
 
 #[cfg(unix)]

@@ -11,6 +11,7 @@ use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, Settings};
 use mailconnect::domain::principal::{Principal, Role};
 use mailconnect::probe::cli::ProbeArgs;
 use mailconnect::service::allowlist::publish_initial_lists;
+use mailconnect::service::clock::SystemClock;
 use mailconnect::storage::Database;
 
 #[derive(Parser)]
@@ -196,7 +197,7 @@ async fn migrate(keys: KeySettings, database: DatabaseSettings) -> anyhow::Resul
         let database = Database::new(url, 1)?;
         let applied = database.migrate().await?;
         println!("applied {applied} migration(s) to {}", database.url());
-        let published = publish_initial_lists(&database).await?;
+        let published = publish_initial_lists(&database, &SystemClock).await?;
         if published > 0 {
             println!("published {published} initial allowlist(s)");
         }

@@ -14,8 +14,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
 use crate::domain::principal::{Principal, Role};
+use crate::domain::secret::Secret;
 
 /// The claims mailconnect reads and writes.
 #[derive(Debug, Serialize, Deserialize)]

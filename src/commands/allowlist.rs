@@ -2,6 +2,7 @@
 //! with one entry a line, as published lists are written (bare addresses, CIDRs, list markers).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
@@ -11,6 +12,7 @@ use crate::domain::allowlist::import::import_lines;
 use crate::domain::directory::DataCenterId;
 use crate::domain::principal::{Principal, Role};
 use crate::service::allowlist::AllowlistService;
+use crate::service::clock::SystemClock;
 use crate::storage::Database;
 
 #[derive(clap::Subcommand)]
@@ -82,7 +84,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         "the database has pending migrations: run `mailconnect migrate` first"
     );
     // The default data center only matters to readers; this service only publishes.
-    let service = AllowlistService::new(database, data_center.clone());
+    let service = AllowlistService::new(database, data_center.clone(), Arc::new(SystemClock));
     let operator = Principal {
         subject: "cli:allowlist-import".to_owned(),
         account_id: None,

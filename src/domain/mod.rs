@@ -10,6 +10,8 @@ pub mod page;
 pub mod principal;
 pub mod probe;
 pub mod providers;
+pub mod secret;
+pub mod time;
 pub mod violation;
 
 pub use violation::{FieldViolation, Violations};

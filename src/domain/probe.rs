@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Secret;
+use crate::domain::secret::Secret;
 
 /// How a mail connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,12 +9,12 @@ use super::auth::principal;
 use super::probe_report::report_to_proto;
 use super::proto;
 use super::proto::domain_settings_service_server::DomainSettingsService as DomainSettingsRpc;
-use crate::config::Secret;
 use crate::domain::domain_settings::{
     Choice, DomainSettings, ExchangeInput, ExchangeScope, ImapInput, ServerInput, ServerSettings,
     SettingsInput, SettingsKind, resource_name,
 };
 use crate::domain::probe::{ProbeContext, ProbeCredentials, Security, ServerEndpoint};
+use crate::domain::secret::Secret;
 use crate::service::ServiceError;
 use crate::service::domain_settings::{
     DomainSettingsService, DomainSettingsStore, Resolution, SettingsRequest, UpdateRequest,

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime};
 use http::Uri;
 use serde::Serialize;
 
-use crate::config::{ProbeSettings, Secret};
+use crate::config::ProbeSettings;
 use crate::domain::probe::{
     ProbeCredentials, ProbeOutcome, ProbeProtocol, ProbeReport, ProbeRequest, ProbeTarget,
     Security, ServerEndpoint, TlsInfo,
 };
+use crate::domain::secret::Secret;
 use crate::probe::Probe;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::domain::domain_name::DomainName;
-use crate::storage::StorageError;
+use crate::service::StoreError;
 
 /// The attempts of one account at one domain since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub trait AttemptStore: Send + Sync + 'static {
     fn record_attempts(
         &self,
         tallies: Vec<AttemptTally>,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Pending domains that start a flush before the interval ends. Enough that the domains users
@@ -131,15 +131,15 @@ impl<A: AttemptStore> AttemptRecorder<A> {
 
     /// Writes every pending count. It runs in a task of its own, so that a caller that goes
     /// away (a cancelled ListAttemptedDomains) cannot drop the counts it took out of the map.
-    pub async fn flush(self: &Arc<Self>) -> Result<(), StorageError> {
+    pub async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
         let recorder = Arc::clone(self);
         tokio::spawn(async move { recorder.write_pending().await })
             .await
-            .map_err(|error| StorageError::Internal(format!("attempts flush failed: {error}")))?
+            .map_err(|error| StoreError::Internal(format!("attempts flush failed: {error}")))?
     }
 
     /// Writes every pending count; on failure they are pending again, for the next flush.
-    async fn write_pending(&self) -> Result<(), StorageError> {
+    async fn write_pending(&self) -> Result<(), StoreError> {
         let _turn = self.flushing.lock().await;
         let (counts, dropped) = {
             let mut pending = self.pending();
@@ -264,7 +264,7 @@ mod tests {
     }
 
     impl AttemptStore for Arc<FlakyStore> {
-        async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StorageError> {
+        async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StoreError> {
             self.calls.lock().unwrap().push(tokio::time::Instant::now());
             self.called.notify_one();
             let refuse = self
@@ -274,7 +274,7 @@ mod tests {
                 })
                 .is_ok();
             if refuse {
-                return Err(StorageError::Unavailable("connection refused".into()));
+                return Err(StoreError::Unavailable("connection refused".into()));
             }
             self.written.lock().unwrap().push(tallies);
             Ok(())
@@ -413,7 +413,7 @@ mod tests {
     }
 
     impl AttemptStore for Arc<GatedStore> {
-        async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StorageError> {
+        async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StoreError> {
             self.entered.notify_one();
             self.release.notified().await;
             self.written.lock().unwrap().extend(tallies);

@@ -8,7 +8,7 @@ use crate::domain::directory::{
 };
 use crate::domain::principal::{Principal, Role};
 use crate::domain::violation::positive_id;
-use crate::storage::StorageError;
+use crate::service::StoreError;
 
 use super::ServiceError;
 use super::pagination::{Page, PageRequest, bad_token, paginate};
@@ -18,23 +18,23 @@ pub trait DirectoryStore: Send + Sync + 'static {
     fn upsert_account(
         &self,
         account: Account,
-    ) -> impl Future<Output = Result<Account, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Account, StoreError>> + Send;
     fn get_account(
         &self,
         id: i64,
-    ) -> impl Future<Output = Result<Option<Account>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
     /// Fails with `MissingReference` when the account does not exist.
-    fn upsert_user(&self, user: User) -> impl Future<Output = Result<User, StorageError>> + Send;
+    fn upsert_user(&self, user: User) -> impl Future<Output = Result<User, StoreError>> + Send;
     fn mark_user_deleted(
         &self,
         account_id: i64,
         user_id: i64,
-    ) -> impl Future<Output = Result<Option<User>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
     fn get_user(
         &self,
         account_id: i64,
         user_id: i64,
-    ) -> impl Future<Output = Result<Option<User>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
     /// Users with an id above `after_id`, ascending, at most `limit`.
     fn list_users(
         &self,
@@ -42,21 +42,21 @@ pub trait DirectoryStore: Send + Sync + 'static {
         after_id: i64,
         limit: usize,
         show_deleted: bool,
-    ) -> impl Future<Output = Result<Vec<User>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send;
     /// Which of `user_ids` are users of the account.
     fn existing_user_ids(
         &self,
         account_id: i64,
         user_ids: Vec<i64>,
-    ) -> impl Future<Output = Result<Vec<i64>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
     /// Fails with `MissingReference` when the account or a member does not exist.
-    fn upsert_team(&self, team: Team) -> impl Future<Output = Result<Team, StorageError>> + Send;
+    fn upsert_team(&self, team: Team) -> impl Future<Output = Result<Team, StoreError>> + Send;
     fn list_teams(
         &self,
         account_id: i64,
         after_id: i64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Team>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Team>, StoreError>> + Send;
 }
 
 pub struct DirectoryService<S> {
@@ -141,7 +141,7 @@ impl<S: DirectoryStore> DirectoryService<S> {
         let user = input.parse("user")?;
         let account_id = user.account_id;
         match self.store.upsert_user(user).await {
-            Err(StorageError::MissingReference(_)) => Err(account_not_found(account_id)),
+            Err(StoreError::MissingReference(_)) => Err(account_not_found(account_id)),
             other => Ok(other?),
         }
     }
@@ -223,7 +223,7 @@ impl<S: DirectoryStore> DirectoryService<S> {
         violations.finish(|| ())?;
         match self.store.upsert_team(team).await {
             // A user or the account vanished between the check and the write.
-            Err(StorageError::MissingReference(cause)) => Err(ServiceError::FailedPrecondition {
+            Err(StoreError::MissingReference(cause)) => Err(ServiceError::FailedPrecondition {
                 reason: "DIRECTORY_CHANGED",
                 message: format!("the directory changed during the write, retry: {cause}"),
                 metadata: Default::default(),

@@ -19,10 +19,11 @@ use crate::domain::probe::{
     ProbeContext, ProbeCredentials, ProbeRefused, ProbeReport, ProbeRequest, ProbeTarget,
 };
 use crate::domain::providers::provider_for;
-use crate::storage::StorageError;
+use crate::service::StoreError;
 
 use super::ServiceError;
 use super::attempts::{AttemptRecorder, AttemptStore};
+use super::clock::Clock;
 use super::pagination::{Page, PageRequest, bad_token, paginate};
 use super::probing::Prober;
 
@@ -64,18 +65,18 @@ pub trait DomainSettingsStore: AttemptStore {
         account_id: i64,
         settings: DomainSettings,
         request_id: Option<String>,
-    ) -> impl Future<Output = Result<InsertOutcome, StorageError>> + Send;
+    ) -> impl Future<Output = Result<InsertOutcome, StoreError>> + Send;
     /// The first result of a create with this request id, and its domain.
     fn find_request(
         &self,
         account_id: i64,
         request_id: String,
-    ) -> impl Future<Output = Result<Option<DomainSettings>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<DomainSettings>, StoreError>> + Send;
     fn get(
         &self,
         account_id: i64,
         domain: DomainName,
-    ) -> impl Future<Output = Result<Option<DomainSettings>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<DomainSettings>, StoreError>> + Send;
     /// Replaces the servers (bumping the version) if the current version is `expected_version`
     /// (any version when `None`).
     fn update(
@@ -83,13 +84,13 @@ pub trait DomainSettingsStore: AttemptStore {
         account_id: i64,
         settings: DomainSettings,
         expected_version: Option<i64>,
-    ) -> impl Future<Output = Result<WriteOutcome<DomainSettings>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<WriteOutcome<DomainSettings>, StoreError>> + Send;
     fn delete(
         &self,
         account_id: i64,
         domain: DomainName,
         expected_version: Option<i64>,
-    ) -> impl Future<Output = Result<WriteOutcome<()>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<WriteOutcome<()>, StoreError>> + Send;
     /// Settings ordered by domain, after `after_domain`, at most `limit`.
     fn list(
         &self,
@@ -97,7 +98,7 @@ pub trait DomainSettingsStore: AttemptStore {
         kind: Option<SettingsKind>,
         after_domain: Option<String>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<DomainSettings>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<DomainSettings>, StoreError>> + Send;
     /// Attempted domains without settings, newest attempt first, after the key
     /// `(last_attempt_micros, domain)`, at most `limit`.
     fn list_attempts(
@@ -105,7 +106,7 @@ pub trait DomainSettingsStore: AttemptStore {
         account_id: i64,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<AttemptedDomain>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<AttemptedDomain>, StoreError>> + Send;
 }
 
 /// The raw fields of a DomainSettings message.
@@ -143,6 +144,7 @@ pub struct DomainSettingsService<S, P> {
     store: S,
     attempts: Arc<AttemptRecorder<S>>,
     prober: P,
+    clock: Arc<dyn Clock>,
 }
 
 const WRITERS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
@@ -255,11 +257,17 @@ fn probe_requests(
 impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
     /// `attempts` counts the attempts at domains without a preset; its flusher is the
     /// application's to run.
-    pub fn new(store: S, attempts: Arc<AttemptRecorder<S>>, prober: P) -> Self {
+    pub fn new(
+        store: S,
+        attempts: Arc<AttemptRecorder<S>>,
+        prober: P,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             store,
             attempts,
             prober,
+            clock,
         }
     }
 
@@ -338,7 +346,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             return Err(already_exists(&domain, existing.settings.kind()));
         }
         let reports = self.probe_or_refuse(account_id, &settings, context).await?;
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let candidate = DomainSettings {
             domain: domain.clone(),
             settings,
@@ -424,7 +432,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         } else {
             Vec::new()
         };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let candidate = DomainSettings {
             settings: next,
             update_time: now,
@@ -540,7 +548,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             .list_attempts(account_id, after, size + 1)
             .await?;
         Ok(paginate(items, size, FILTER, |last| {
-            let micros = crate::storage::to_micros(last.last_attempt_time);
+            let micros = crate::domain::time::to_micros(last.last_attempt_time);
             format!("{micros}:{}", last.domain)
         }))
     }
@@ -700,6 +708,7 @@ mod tests {
                 failing_hosts: failing.iter().map(|h| h.to_string()).collect(),
                 ..Default::default()
             },
+            Arc::new(crate::service::clock::SystemClock),
         )
     }
 

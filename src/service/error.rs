@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::domain::FieldViolation;
 use crate::domain::principal::Role;
 use crate::domain::probe::ProbeReport;
-use crate::storage::StorageError;
+use crate::service::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -139,10 +139,10 @@ impl From<FieldViolation> for ServiceError {
     }
 }
 
-impl From<StorageError> for ServiceError {
-    fn from(error: StorageError) -> Self {
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
         match error {
-            StorageError::Unavailable(cause) => {
+            StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry with backoff".to_owned())
             }

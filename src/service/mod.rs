@@ -3,10 +3,13 @@
 
 pub mod allowlist;
 pub mod attempts;
+pub mod clock;
 pub mod directory;
 pub mod domain_settings;
 mod error;
 pub mod pagination;
 pub mod probing;
+mod store;
 
 pub use error::ServiceError;
+pub use store::StoreError;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::cache::Change;
 use super::schema::{accounts, allowlist_changes, allowlist_data_centers, allowlist_ranges};
-use super::{Database, DbConnection, StorageError, per_backend};
+use super::{Database, DbConnection, StoreError, per_backend};
 use crate::domain::allowlist::{AllowlistChange, Diff, Protocol, RangeRecord};
 use crate::domain::directory::DataCenterId;
 use crate::service::allowlist::{AllowlistStore, Publication, PublishOutcome, StoredList};
@@ -40,19 +40,19 @@ struct ChangeRow {
     removed: String,
 }
 
-fn corrupt(what: &str, value: &str) -> StorageError {
-    StorageError::Internal(format!("stored {what} {value:?} is not valid"))
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
-fn data_center(value: &str) -> Result<DataCenterId, StorageError> {
+fn data_center(value: &str) -> Result<DataCenterId, StoreError> {
     DataCenterId::parse("data_center", value).map_err(|_| corrupt("data center", value))
 }
 
-fn protocol(value: &str) -> Result<Protocol, StorageError> {
+fn protocol(value: &str) -> Result<Protocol, StoreError> {
     Protocol::from_db(value).ok_or_else(|| corrupt("protocol", value))
 }
 
-fn cidr(value: &str) -> Result<IpNet, StorageError> {
+fn cidr(value: &str) -> Result<IpNet, StoreError> {
     value.parse().map_err(|_| corrupt("CIDR", value))
 }
 
@@ -64,12 +64,12 @@ fn join(networks: &[IpNet]) -> String {
         .join("\n")
 }
 
-fn split(text: &str) -> Result<Vec<IpNet>, StorageError> {
+fn split(text: &str) -> Result<Vec<IpNet>, StoreError> {
     text.lines().map(cidr).collect()
 }
 
 impl RangeRow {
-    fn into_domain(self) -> Result<RangeRecord, StorageError> {
+    fn into_domain(self) -> Result<RangeRecord, StoreError> {
         Ok(RangeRecord {
             data_center: data_center(&self.data_center)?,
             protocol: protocol(&self.protocol)?,
@@ -81,7 +81,7 @@ impl RangeRow {
 }
 
 impl ChangeRow {
-    fn into_domain(self) -> Result<AllowlistChange, StorageError> {
+    fn into_domain(self) -> Result<AllowlistChange, StoreError> {
         Ok(AllowlistChange {
             data_center: data_center(&self.data_center)?,
             version: self.version,
@@ -99,7 +99,7 @@ impl ChangeRow {
 fn load_records(
     conn: &mut DbConnection,
     data_center: Option<&str>,
-) -> Result<Vec<RangeRecord>, StorageError> {
+) -> Result<Vec<RangeRecord>, StoreError> {
     let mut query = allowlist_ranges::table
         .select(RangeRow::as_select())
         .order((allowlist_ranges::data_center, allowlist_ranges::protocol))
@@ -114,7 +114,7 @@ fn load_records(
         .collect()
 }
 
-fn generation(conn: &mut DbConnection) -> Result<i64, StorageError> {
+fn generation(conn: &mut DbConnection) -> Result<i64, StoreError> {
     // Every publication raises its data center's version by one (under the row's lock), so the
     // sum rises with each committed one; one row per data center keeps this read cheap, where a
     // count of the changes would grow with the history.
@@ -125,7 +125,7 @@ fn generation(conn: &mut DbConnection) -> Result<i64, StorageError> {
 }
 
 /// The data center's version, 0 if it was never published to.
-fn current_version(conn: &mut DbConnection, id: &str) -> Result<(i64, Option<i64>), StorageError> {
+fn current_version(conn: &mut DbConnection, id: &str) -> Result<(i64, Option<i64>), StoreError> {
     Ok(allowlist_data_centers::table
         .find(id)
         .select((
@@ -140,7 +140,7 @@ fn current_version(conn: &mut DbConnection, id: &str) -> Result<(i64, Option<i64
 /// Creates the data center's row if needed and locks it, so that publications of one data
 /// center take turns: a row lock on Postgres, the database's write lock on SQLite (taken by the
 /// transaction's first statement being a write, so it never has to upgrade a read).
-fn lock_data_center(conn: &mut DbConnection, id: &str) -> Result<(), StorageError> {
+fn lock_data_center(conn: &mut DbConnection, id: &str) -> Result<(), StoreError> {
     per_backend!(conn, |c| diesel::insert_into(allowlist_data_centers::table)
         .values((
             allowlist_data_centers::id.eq(id),
@@ -158,7 +158,7 @@ fn lock_data_center(conn: &mut DbConnection, id: &str) -> Result<(), StorageErro
 fn publish_locked(
     conn: &mut DbConnection,
     publication: &Publication,
-) -> Result<PublishOutcome, StorageError> {
+) -> Result<PublishOutcome, StoreError> {
     let id = publication.data_center.as_str();
     let protocol = publication.protocol.as_str();
     let now = publication.publish_time;
@@ -274,7 +274,7 @@ impl AllowlistStore for Database {
     async fn account_data_center(
         &self,
         account_id: i64,
-    ) -> Result<Option<DataCenterId>, StorageError> {
+    ) -> Result<Option<DataCenterId>, StoreError> {
         self.cached(
             |cache| &cache.data_centers,
             account_id,
@@ -293,13 +293,13 @@ impl AllowlistStore for Database {
         .await
     }
 
-    async fn version(&self, data_center: &DataCenterId) -> Result<i64, StorageError> {
+    async fn version(&self, data_center: &DataCenterId) -> Result<i64, StoreError> {
         let id = data_center.as_str().to_owned();
         self.run(move |conn| Ok(current_version(conn, &id)?.0))
             .await
     }
 
-    async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StorageError> {
+    async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StoreError> {
         let id = data_center.as_str().to_owned();
         self.cached(
             |cache| &cache.allowlists,
@@ -324,12 +324,12 @@ impl AllowlistStore for Database {
         .await
     }
 
-    async fn generation(&self) -> Result<i64, StorageError> {
+    async fn generation(&self) -> Result<i64, StoreError> {
         self.cached(|cache| &cache.generation, (), || self.run(generation))
             .await
     }
 
-    async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StorageError> {
+    async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StoreError> {
         self.run(|conn| {
             conn.transaction(|conn| {
                 // Read first, so that a publication in between makes the next call rebuild.
@@ -345,7 +345,7 @@ impl AllowlistStore for Database {
         data_center: &DataCenterId,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<AllowlistChange>, StorageError> {
+    ) -> Result<Vec<AllowlistChange>, StoreError> {
         let id = data_center.as_str().to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |conn| {
@@ -367,7 +367,7 @@ impl AllowlistStore for Database {
         &self,
         data_center: &DataCenterId,
         protocol: Protocol,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<bool, StoreError> {
         let id = data_center.as_str().to_owned();
         self.run(move |conn| {
             Ok(diesel::select(diesel::dsl::exists(
@@ -380,7 +380,7 @@ impl AllowlistStore for Database {
         .await
     }
 
-    async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StorageError> {
+    async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StoreError> {
         let change = Change::Allowlist(publication.data_center.as_str().to_owned());
         let outcome = self
             .run(move |conn| conn.transaction(|conn| publish_locked(conn, &publication)))

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::cache::Change;
 use super::schema::{account_sending_domains, accounts, team_members, teams, users};
-use super::{Database, DbConnection, StorageError, now_micros, per_backend};
+use super::{Database, DbConnection, StoreError, now_micros, per_backend};
 use crate::domain::directory::{Account, DataCenterId, Team, Tier, User, UserRole};
 use crate::domain::email::EmailAddress;
 use crate::service::directory::DirectoryStore;
@@ -38,12 +38,12 @@ struct TeamRow {
     name: String,
 }
 
-fn corrupt(what: &str, value: &str) -> StorageError {
-    StorageError::Internal(format!("stored {what} {value:?} is not valid"))
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
 impl AccountRow {
-    fn into_domain(self, sending_domains: Vec<String>) -> Result<Account, StorageError> {
+    fn into_domain(self, sending_domains: Vec<String>) -> Result<Account, StoreError> {
         Ok(Account {
             id: self.id,
             tier: Tier::from_db(&self.tier).ok_or_else(|| corrupt("tier", &self.tier))?,
@@ -68,7 +68,7 @@ impl UserRow {
         }
     }
 
-    fn into_domain(self) -> Result<User, StorageError> {
+    fn into_domain(self) -> Result<User, StoreError> {
         let mut roles = Vec::new();
         if self.super_admin {
             roles.push(UserRole::SuperAdmin);
@@ -87,7 +87,7 @@ impl UserRow {
     }
 }
 
-fn load_account(conn: &mut DbConnection, id: i64) -> Result<Option<Account>, StorageError> {
+fn load_account(conn: &mut DbConnection, id: i64) -> Result<Option<Account>, StoreError> {
     let Some(row) = accounts::table
         .find(id)
         .select(AccountRow::as_select())
@@ -108,7 +108,7 @@ fn load_user(
     conn: &mut DbConnection,
     account_id: i64,
     user_id: i64,
-) -> Result<Option<User>, StorageError> {
+) -> Result<Option<User>, StoreError> {
     users::table
         .find((account_id, user_id))
         .select(UserRow::as_select())
@@ -122,7 +122,7 @@ fn load_team_members(
     conn: &mut DbConnection,
     account_id: i64,
     team_ids: &[i64],
-) -> Result<Vec<(i64, i64)>, StorageError> {
+) -> Result<Vec<(i64, i64)>, StoreError> {
     Ok(team_members::table
         .filter(team_members::account_id.eq(account_id))
         .filter(team_members::team_id.eq_any(team_ids))
@@ -132,7 +132,7 @@ fn load_team_members(
 }
 
 impl DirectoryStore for Database {
-    async fn upsert_account(&self, account: Account) -> Result<Account, StorageError> {
+    async fn upsert_account(&self, account: Account) -> Result<Account, StoreError> {
         let change = Change::Account(account.id);
         let outcome = self
             .run(move |conn| {
@@ -170,7 +170,7 @@ impl DirectoryStore for Database {
                             .execute(conn)?;
                     }
                     load_account(conn, account.id)?.ok_or_else(|| {
-                        StorageError::Internal("account vanished in its own write".into())
+                        StoreError::Internal("account vanished in its own write".into())
                     })
                 })
             })
@@ -179,11 +179,11 @@ impl DirectoryStore for Database {
         outcome
     }
 
-    async fn get_account(&self, id: i64) -> Result<Option<Account>, StorageError> {
+    async fn get_account(&self, id: i64) -> Result<Option<Account>, StoreError> {
         self.run(move |conn| load_account(conn, id)).await
     }
 
-    async fn upsert_user(&self, user: User) -> Result<User, StorageError> {
+    async fn upsert_user(&self, user: User) -> Result<User, StoreError> {
         self.run(move |conn| {
             conn.transaction(|conn| {
                 let row = UserRow::from_domain(&user);
@@ -194,7 +194,7 @@ impl DirectoryStore for Database {
                     .set(&row)
                     .execute(c))?;
                 load_user(conn, user.account_id, user.id)?
-                    .ok_or_else(|| StorageError::Internal("user vanished in its own write".into()))
+                    .ok_or_else(|| StoreError::Internal("user vanished in its own write".into()))
             })
         })
         .await
@@ -204,7 +204,7 @@ impl DirectoryStore for Database {
         &self,
         account_id: i64,
         user_id: i64,
-    ) -> Result<Option<User>, StorageError> {
+    ) -> Result<Option<User>, StoreError> {
         self.run(move |conn| {
             conn.transaction(|conn| {
                 diesel::update(users::table.find((account_id, user_id)))
@@ -216,7 +216,7 @@ impl DirectoryStore for Database {
         .await
     }
 
-    async fn get_user(&self, account_id: i64, user_id: i64) -> Result<Option<User>, StorageError> {
+    async fn get_user(&self, account_id: i64, user_id: i64) -> Result<Option<User>, StoreError> {
         self.run(move |conn| load_user(conn, account_id, user_id))
             .await
     }
@@ -227,7 +227,7 @@ impl DirectoryStore for Database {
         after_id: i64,
         limit: usize,
         show_deleted: bool,
-    ) -> Result<Vec<User>, StorageError> {
+    ) -> Result<Vec<User>, StoreError> {
         self.run(move |conn| {
             let mut query = users::table
                 .filter(users::account_id.eq(account_id))
@@ -252,7 +252,7 @@ impl DirectoryStore for Database {
         &self,
         account_id: i64,
         user_ids: Vec<i64>,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<Vec<i64>, StoreError> {
         self.run(move |conn| {
             Ok(users::table
                 .filter(users::account_id.eq(account_id))
@@ -263,7 +263,7 @@ impl DirectoryStore for Database {
         .await
     }
 
-    async fn upsert_team(&self, team: Team) -> Result<Team, StorageError> {
+    async fn upsert_team(&self, team: Team) -> Result<Team, StoreError> {
         self.run(move |conn| {
             conn.transaction(|conn| {
                 let now = now_micros();
@@ -304,7 +304,7 @@ impl DirectoryStore for Database {
         account_id: i64,
         after_id: i64,
         limit: usize,
-    ) -> Result<Vec<Team>, StorageError> {
+    ) -> Result<Vec<Team>, StoreError> {
         self.run(move |conn| {
             let rows: Vec<TeamRow> = teams::table
                 .filter(teams::account_id.eq(account_id))

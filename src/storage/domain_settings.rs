@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::Change;
 use super::schema::{attempted_domains, domain_settings, domain_settings_requests};
-use super::{Database, DbConnection, StorageError, from_micros, to_micros};
+use super::{Database, DbConnection, StoreError, from_micros, to_micros};
 use crate::domain::domain_name::DomainName;
 use crate::domain::domain_settings::{
     DomainSettings, ExchangeScope, ExchangeSettings, ImapSettings, ServerSettings, SettingsKind,
@@ -55,8 +55,8 @@ fn scope_name(scope: ExchangeScope) -> &'static str {
     }
 }
 
-fn corrupt(what: &str) -> StorageError {
-    StorageError::Internal(format!("stored domain settings have an invalid {what}"))
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("stored domain settings have an invalid {what}"))
 }
 
 impl EndpointJson {
@@ -68,7 +68,7 @@ impl EndpointJson {
         }
     }
 
-    fn into_domain(self) -> Result<ServerEndpoint, StorageError> {
+    fn into_domain(self) -> Result<ServerEndpoint, StoreError> {
         let security = [
             Security::ImplicitTls,
             Security::StartTls,
@@ -104,7 +104,7 @@ fn settings_to_json(settings: &ServerSettings) -> String {
     serde_json::to_string(&json).expect("settings always serialise")
 }
 
-fn settings_from_json(text: &str) -> Result<ServerSettings, StorageError> {
+fn settings_from_json(text: &str) -> Result<ServerSettings, StoreError> {
     match serde_json::from_str(text).map_err(|_| corrupt("settings document"))? {
         SettingsJson::Imap {
             imap,
@@ -160,7 +160,7 @@ impl Row {
         }
     }
 
-    fn into_domain(self) -> Result<DomainSettings, StorageError> {
+    fn into_domain(self) -> Result<DomainSettings, StoreError> {
         let settings = settings_from_json(&self.settings)?;
         if SettingsKind::from_db(&self.kind) != Some(settings.kind()) {
             return Err(corrupt("kind"));
@@ -181,7 +181,7 @@ fn load(
     conn: &mut DbConnection,
     account_id: i64,
     domain: &str,
-) -> Result<Option<DomainSettings>, StorageError> {
+) -> Result<Option<DomainSettings>, StoreError> {
     domain_settings::table
         .find((account_id, domain))
         .select(Row::as_select())
@@ -195,7 +195,7 @@ fn load_request(
     conn: &mut DbConnection,
     account_id: i64,
     request_id: &str,
-) -> Result<Option<DomainSettings>, StorageError> {
+) -> Result<Option<DomainSettings>, StoreError> {
     let stored: Option<String> = domain_settings_requests::table
         .find((account_id, request_id))
         .select(domain_settings_requests::response)
@@ -216,7 +216,7 @@ fn try_insert(
     conn: &mut DbConnection,
     row: &Row,
     request_id: Option<&str>,
-) -> Result<(), StorageError> {
+) -> Result<(), StoreError> {
     conn.transaction(|conn| {
         diesel::insert_into(domain_settings::table)
             .values(row)
@@ -257,7 +257,7 @@ impl DomainSettingsStore for Database {
         account_id: i64,
         settings: DomainSettings,
         request_id: Option<String>,
-    ) -> Result<InsertOutcome, StorageError> {
+    ) -> Result<InsertOutcome, StoreError> {
         let change = settings_change(account_id, &settings.domain);
         let outcome = self
             .run(move |conn| {
@@ -266,7 +266,7 @@ impl DomainSettingsStore for Database {
                 match try_insert(conn, &row, request_id.as_deref()) {
                     // What was stored (times at the database's microsecond precision).
                     Ok(()) => Ok(InsertOutcome::Created(row.into_domain()?)),
-                    Err(StorageError::Conflict(_)) => {
+                    Err(StoreError::Conflict(_)) => {
                         if let Some(first) = request_id
                             .as_deref()
                             .map(|id| load_request(conn, account_id, id))
@@ -276,7 +276,7 @@ impl DomainSettingsStore for Database {
                             return Ok(InsertOutcome::Replayed(first));
                         }
                         let existing = load(conn, account_id, &domain)?.ok_or_else(|| {
-                            StorageError::Internal("conflict without a conflicting row".to_owned())
+                            StoreError::Internal("conflict without a conflicting row".to_owned())
                         })?;
                         Ok(InsertOutcome::Exists(existing.settings.kind()))
                     }
@@ -292,7 +292,7 @@ impl DomainSettingsStore for Database {
         &self,
         account_id: i64,
         request_id: String,
-    ) -> Result<Option<DomainSettings>, StorageError> {
+    ) -> Result<Option<DomainSettings>, StoreError> {
         self.run(move |conn| load_request(conn, account_id, &request_id))
             .await
     }
@@ -301,7 +301,7 @@ impl DomainSettingsStore for Database {
         &self,
         account_id: i64,
         domain: DomainName,
-    ) -> Result<Option<DomainSettings>, StorageError> {
+    ) -> Result<Option<DomainSettings>, StoreError> {
         let key = (account_id, domain.as_str().to_owned());
         self.cached(
             |cache| &cache.settings,
@@ -316,7 +316,7 @@ impl DomainSettingsStore for Database {
         account_id: i64,
         settings: DomainSettings,
         expected_version: Option<i64>,
-    ) -> Result<WriteOutcome<DomainSettings>, StorageError> {
+    ) -> Result<WriteOutcome<DomainSettings>, StoreError> {
         let change = settings_change(account_id, &settings.domain);
         let outcome = self
             .run(move |conn| {
@@ -363,7 +363,7 @@ impl DomainSettingsStore for Database {
         account_id: i64,
         domain: DomainName,
         expected_version: Option<i64>,
-    ) -> Result<WriteOutcome<()>, StorageError> {
+    ) -> Result<WriteOutcome<()>, StoreError> {
         let change = settings_change(account_id, &domain);
         let outcome = self
             .run(move |conn| {
@@ -398,7 +398,7 @@ impl DomainSettingsStore for Database {
         kind: Option<SettingsKind>,
         after_domain: Option<String>,
         limit: usize,
-    ) -> Result<Vec<DomainSettings>, StorageError> {
+    ) -> Result<Vec<DomainSettings>, StoreError> {
         self.run(move |conn| {
             let mut query = domain_settings::table
                 .filter(domain_settings::account_id.eq(account_id))
@@ -426,7 +426,7 @@ impl DomainSettingsStore for Database {
         account_id: i64,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> Result<Vec<AttemptedDomain>, StorageError> {
+    ) -> Result<Vec<AttemptedDomain>, StoreError> {
         self.run(move |conn| {
             let configured = domain_settings::table
                 .filter(domain_settings::account_id.eq(account_id))
@@ -543,7 +543,7 @@ fn upsert_attempts_sqlite(conn: &mut SqliteConnection, rows: &[AttemptRow]) -> Q
 }
 
 impl AttemptStore for Database {
-    async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StorageError> {
+    async fn record_attempts(&self, tallies: Vec<AttemptTally>) -> Result<(), StoreError> {
         let mut rows: Vec<AttemptRow> = tallies
             .into_iter()
             .map(|tally| AttemptRow {

@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use deadpool::Runtime;
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use deadpool_sync::SyncWrapper;
@@ -16,7 +17,7 @@ use quick_cache::sync::Cache;
 use tracing::Instrument as _;
 
 use super::cache::{Change, ReadCache};
-use super::{DatabaseUrl, StorageError};
+use super::{DatabaseUrl, StoreError};
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -105,13 +106,12 @@ pub struct Database {
 impl Database {
     /// Creates the pool. Connections are opened lazily, so this succeeds while the database is
     /// still down; [`Database::ping`] tells whether it is reachable.
-    pub fn new(url: DatabaseUrl, max_connections: usize) -> Result<Self, StorageError> {
+    pub fn new(url: DatabaseUrl, max_connections: usize) -> anyhow::Result<Self> {
         if let DatabaseUrl::SqliteFile(path) = &url
             && let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StorageError::Config(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         // An in-memory SQLite database lives and dies with its one connection.
         let size = if url == DatabaseUrl::SqliteMemory {
@@ -126,7 +126,7 @@ impl Database {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| StorageError::Config(e.to_string()))?;
+            .context("cannot create the database pool")?;
         Ok(Self {
             pool,
             url,
@@ -155,12 +155,12 @@ impl Database {
         pick: impl FnOnce(&ReadCache) -> &Cache<K, V>,
         key: K,
         load: F,
-    ) -> Result<V, StorageError>
+    ) -> Result<V, StoreError>
     where
         K: Eq + Hash + Clone,
         V: Clone,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, StorageError>>,
+        Fut: Future<Output = Result<V, StoreError>>,
     {
         match &self.cache {
             Some(cache) => cache.get_or_load(pick(cache), key, load).await,
@@ -181,10 +181,10 @@ impl Database {
 
     /// Runs `work` with a pooled connection on a blocking thread, in a `db.query` client span
     /// (a child of the caller's) that covers the wait for a connection and the work.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, StorageError>
+    pub async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection) -> Result<T, StorageError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
         // Only inside a call: the readiness loop's pings would otherwise be a root trace each.
         let span = if tracing::Span::current().is_none() {
@@ -202,15 +202,15 @@ impl Database {
                 .pool
                 .get()
                 .await
-                .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let result = conn
                 .interact(move |conn| in_span.in_scope(|| work(conn)))
                 .await
-                .map_err(|e| StorageError::Internal(format!("database task failed: {e}")))
+                .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))
                 .and_then(|result| result);
             if matches!(
                 result,
-                Err(StorageError::Unavailable(_) | StorageError::Internal(_))
+                Err(StoreError::Unavailable(_) | StoreError::Internal(_))
             ) {
                 // The connection may be broken: never reuse it (see Manager::recycle).
                 let _ = managed::Object::take(conn);
@@ -227,7 +227,7 @@ impl Database {
     }
 
     /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StorageError> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
             diesel::sql_query("SELECT 1").execute(conn)?;
             Ok(())
@@ -237,7 +237,7 @@ impl Database {
 
     /// Applies pending migrations; returns how many ran. On Postgres an advisory lock makes
     /// replicas that start together take turns.
-    pub async fn migrate(&self) -> Result<usize, StorageError> {
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
         self.run(|conn| match conn {
             DbConnection::Pg(conn) => {
                 diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
@@ -245,7 +245,7 @@ impl Database {
                 let applied = conn
                     .run_pending_migrations(POSTGRES_MIGRATIONS)
                     .map(|done| done.len())
-                    .map_err(|e| StorageError::Migration(e.to_string()));
+                    .map_err(|e| StoreError::Internal(format!("migration failed: {e}")));
                 diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
                     .execute(conn)?;
                 applied
@@ -253,19 +253,19 @@ impl Database {
             DbConnection::Sqlite(conn) => conn
                 .run_pending_migrations(SQLITE_MIGRATIONS)
                 .map(|done| done.len())
-                .map_err(|e| StorageError::Migration(e.to_string())),
+                .map_err(|e| StoreError::Internal(format!("migration failed: {e}"))),
         })
         .await
     }
 
     /// Whether migrations are still pending (the server is not ready until none are).
-    pub async fn has_pending_migrations(&self) -> Result<bool, StorageError> {
+    pub async fn has_pending_migrations(&self) -> Result<bool, StoreError> {
         self.run(|conn| {
             match conn {
                 DbConnection::Pg(conn) => conn.has_pending_migration(POSTGRES_MIGRATIONS),
                 DbConnection::Sqlite(conn) => conn.has_pending_migration(SQLITE_MIGRATIONS),
             }
-            .map_err(|e| StorageError::Migration(e.to_string()))
+            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))
         })
         .await
     }

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::StorageError;
+/// A database URL this service cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
 
 /// Which database to use, chosen by the URL's scheme.
 #[derive(Clone, PartialEq, Eq)]
@@ -18,7 +21,7 @@ pub enum DatabaseUrl {
 }
 
 impl DatabaseUrl {
-    pub fn parse(raw: &str) -> Result<Self, StorageError> {
+    pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let raw = raw.trim();
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(Self::Postgres(raw.to_owned()));
@@ -34,7 +37,7 @@ impl DatabaseUrl {
             return Ok(Self::SqliteFile(PathBuf::from(path)));
         }
         let scheme = raw.split_once(':').map_or(raw, |(scheme, _)| scheme);
-        Err(StorageError::Config(format!(
+        Err(UrlError(format!(
             "unsupported database URL scheme {scheme:?}: use postgres://USER@HOST:PORT/DB, \
              postgresql://…, sqlite://PATH or sqlite::memory:"
         )))

@@ -82,7 +82,9 @@ fn token_minting_checks_its_arguments() {
     let (first, second) = (mint(), mint());
     let secret = std::fs::read_to_string(data_dir.join("jwt-secret")).unwrap();
     let keys = mailconnect::tokens::TokenKeys::new(
-        Some(&mailconnect::config::Secret::new(secret.trim().to_owned())),
+        Some(&mailconnect::domain::secret::Secret::new(
+            secret.trim().to_owned(),
+        )),
         &[],
     )
     .unwrap();

@@ -290,7 +290,7 @@ async fn tokens_are_required_and_checked(backend: Backend) {
 
     // Signed with another secret.
     let other = mailconnect::tokens::TokenKeys::new(
-        Some(&mailconnect::config::Secret::new(
+        Some(&mailconnect::domain::secret::Secret::new(
             "another-secret-another-secret-00".into(),
         )),
         &[],

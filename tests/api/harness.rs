@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use mailconnect::app::Application;
-use mailconnect::config::{
-    DatabaseSettings, KeySettings, LogFormat, ProbeSettings, Secret, Settings,
-};
+use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, ProbeSettings, Settings};
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
 use mailconnect::grpc::server::ServerSettings;
 use mailconnect::tokens::TokenKeys;

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use mailconnect::config::{ProbeSettings, Secret};
+use mailconnect::config::ProbeSettings;
 use mailconnect::domain::probe::{
     ProbeContext, ProbeCredentials, ProbeOutcome, ProbeReport, ProbeRequest, ProbeTarget, Security,
     ServerEndpoint,
 };
+use mailconnect::domain::secret::Secret;
 use mailconnect::probe::Probe;
 use mailconnect::probe::tls::TlsClient;
 

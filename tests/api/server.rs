@@ -185,7 +185,7 @@ async fn public_keys_verify_tokens_from_an_identity_provider() {
     assert_eq!(result.unwrap().into_inner().account.unwrap().id, 9);
 
     let hs256 = mailconnect::tokens::TokenKeys::new(
-        Some(&mailconnect::config::Secret::new(
+        Some(&mailconnect::domain::secret::Secret::new(
             crate::harness::TEST_SECRET.into(),
         )),
         &[],

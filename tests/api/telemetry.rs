@@ -139,7 +139,9 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
     );
     let channel = server.channel();
     let token = TokenKeys::new(
-        Some(&mailconnect::config::Secret::new(TEST_SECRET.to_owned())),
+        Some(&mailconnect::domain::secret::Secret::new(
+            TEST_SECRET.to_owned(),
+        )),
         &[],
     )
     .unwrap()
@@ -170,7 +172,9 @@ async fn calls_are_traced_over_otlp_continuing_the_callers_trace(backend: Backen
 
     // A probe's stages are spans below its call, and their outcomes are counted.
     let admin = TokenKeys::new(
-        Some(&mailconnect::config::Secret::new(TEST_SECRET.to_owned())),
+        Some(&mailconnect::domain::secret::Secret::new(
+            TEST_SECRET.to_owned(),
+        )),
         &[],
     )
     .unwrap()

@@ -25,7 +25,8 @@ use crate::domain::directory::DataCenterId;
 use crate::domain::page::{decode_token, encode_token, page_size};
 use crate::domain::principal::{Principal, Role};
 use crate::domain::{FieldViolation, Violations};
-use crate::storage::{StorageError, now_micros};
+use crate::service::StoreError;
+use crate::service::clock::Clock;
 
 /// A data center's stored list at its current version.
 #[derive(Debug, Clone, Default)]
@@ -70,41 +71,41 @@ pub trait AllowlistStore: Send + Sync + 'static {
     fn account_data_center(
         &self,
         account_id: i64,
-    ) -> impl Future<Output = Result<Option<DataCenterId>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Option<DataCenterId>, StoreError>> + Send;
     /// A data center's current version (0 if it was never published to).
     fn version(
         &self,
         data_center: &DataCenterId,
-    ) -> impl Future<Output = Result<i64, StorageError>> + Send;
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// One data center's list, read consistently with its version.
     fn list(
         &self,
         data_center: &DataCenterId,
-    ) -> impl Future<Output = Result<Arc<StoredList>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Arc<StoredList>, StoreError>> + Send;
     /// A number that changes whenever any data center's ranges change.
-    fn generation(&self) -> impl Future<Output = Result<i64, StorageError>> + Send;
+    fn generation(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Every data center's rows, with the generation read before them.
     fn all_records(
         &self,
-    ) -> impl Future<Output = Result<(i64, Vec<RangeRecord>), StorageError>> + Send;
+    ) -> impl Future<Output = Result<(i64, Vec<RangeRecord>), StoreError>> + Send;
     /// Changes of a data center with a version above `after`, oldest first, at most `limit`.
     fn changes_after(
         &self,
         data_center: &DataCenterId,
         after: i64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<AllowlistChange>, StorageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<AllowlistChange>, StoreError>> + Send;
     /// Whether anything was ever published for this data center and protocol.
     fn has_history(
         &self,
         data_center: &DataCenterId,
         protocol: Protocol,
-    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Replaces the set atomically; concurrent publications of a data center take turns.
     fn publish(
         &self,
         publication: Publication,
-    ) -> impl Future<Output = Result<PublishOutcome, StorageError>> + Send;
+    ) -> impl Future<Output = Result<PublishOutcome, StoreError>> + Send;
 }
 
 /// The ranges a reader asked for.
@@ -152,13 +153,15 @@ pub struct AllowlistService<S> {
     index: RwLock<Option<(i64, Arc<RangeIndex>)>>,
     /// Held while the index is rebuilt.
     index_build: tokio::sync::Mutex<()>,
+    clock: Arc<dyn Clock>,
 }
 
 impl<S: AllowlistStore> AllowlistService<S> {
-    pub fn new(store: S, default_data_center: DataCenterId) -> Self {
+    pub fn new(store: S, default_data_center: DataCenterId, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
             default_data_center,
+            clock,
             changes: broadcast::channel(256).0,
             stopping: tokio::sync::watch::channel(false).0,
             index: RwLock::new(None),
@@ -211,7 +214,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
             list.records
                 .iter()
                 .filter(|record| request.protocols.contains(&record.protocol)),
-            now_micros(),
+            self.clock.now_micros(),
         );
         Ok(AllowlistSnapshot {
             etag: etag(&data_center, list.version),
@@ -247,7 +250,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
                 )],
             })?;
         let index = self.index().await?;
-        let now = now_micros();
+        let now = self.clock.now_micros();
         let mut ranges = published_ranges(index.containing(address), now);
         ranges.sort_by(|a, b| (&a.data_center, a.cidr).cmp(&(&b.data_center, b.cidr)));
         Ok(ranges)
@@ -413,7 +416,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
                     .ok_or_else(|| stale_etag(&data_center, input.etag))?,
             )
         };
-        let now = now_micros();
+        let now = self.clock.now_micros();
         let publication = Publication {
             data_center,
             protocol,
@@ -470,7 +473,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
         ranges: BTreeSet<IpNet>,
     ) -> Result<Published, ServiceError> {
         ServiceError::require_any(&principal.roles, &[Role::Platform], "allowlist import")?;
-        let now = now_micros();
+        let now = self.clock.now_micros();
         self.publish_parsed(
             Publication {
                 data_center,
@@ -513,6 +516,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::service::clock::SystemClock;
     use crate::storage::{Database, DatabaseUrl};
 
     /// The database, counting how often every range is loaded.
@@ -525,19 +529,19 @@ mod tests {
         async fn account_data_center(
             &self,
             account_id: i64,
-        ) -> Result<Option<DataCenterId>, StorageError> {
+        ) -> Result<Option<DataCenterId>, StoreError> {
             self.database.account_data_center(account_id).await
         }
-        async fn version(&self, data_center: &DataCenterId) -> Result<i64, StorageError> {
+        async fn version(&self, data_center: &DataCenterId) -> Result<i64, StoreError> {
             self.database.version(data_center).await
         }
-        async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StorageError> {
+        async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StoreError> {
             self.database.list(data_center).await
         }
-        async fn generation(&self) -> Result<i64, StorageError> {
+        async fn generation(&self) -> Result<i64, StoreError> {
             self.database.generation().await
         }
-        async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StorageError> {
+        async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StoreError> {
             self.full_loads.fetch_add(1, Ordering::SeqCst);
             self.database.all_records().await
         }
@@ -546,17 +550,17 @@ mod tests {
             data_center: &DataCenterId,
             after: i64,
             limit: usize,
-        ) -> Result<Vec<AllowlistChange>, StorageError> {
+        ) -> Result<Vec<AllowlistChange>, StoreError> {
             self.database.changes_after(data_center, after, limit).await
         }
         async fn has_history(
             &self,
             data_center: &DataCenterId,
             protocol: Protocol,
-        ) -> Result<bool, StorageError> {
+        ) -> Result<bool, StoreError> {
             self.database.has_history(data_center, protocol).await
         }
-        async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StorageError> {
+        async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StoreError> {
             self.database.publish(publication).await
         }
     }
@@ -567,13 +571,16 @@ mod tests {
     async fn concurrent_first_lookups_build_the_index_once() {
         let database = Database::new(DatabaseUrl::SqliteMemory, 1).unwrap();
         database.migrate().await.unwrap();
-        publish_initial_lists(&database).await.unwrap();
+        publish_initial_lists(&database, &SystemClock)
+            .await
+            .unwrap();
         let service = Arc::new(AllowlistService::new(
             CountingStore {
                 database,
                 full_loads: AtomicUsize::new(0),
             },
             DataCenterId::parse("dc", "na1").unwrap(),
+            Arc::new(SystemClock),
         ));
         let lookups: Vec<_> = (0..16)
             .map(|_| {

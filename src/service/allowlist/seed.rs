@@ -6,7 +6,8 @@ use super::{AllowlistStore, Publication, PublishOutcome};
 use crate::domain::allowlist::Protocol;
 use crate::domain::allowlist::import::import_lines;
 use crate::domain::directory::DataCenterId;
-use crate::storage::{StorageError, now_micros};
+use crate::service::StoreError;
+use crate::service::clock::Clock;
 
 /// One embedded list file.
 pub struct InitialList {
@@ -38,11 +39,14 @@ const ATTEMPTS: usize = 5;
 /// an operator's later changes (even an empty list) are never overwritten. Bad lines are logged
 /// with their number and skipped. Returns how many lists were published. Watchers learn of them
 /// by reading the database.
-pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize, StorageError> {
+pub async fn publish_initial_lists<S: AllowlistStore>(
+    store: &S,
+    clock: &dyn Clock,
+) -> Result<usize, StoreError> {
     let mut published = 0;
     for list in INITIAL_LISTS {
         let data_center = DataCenterId::parse("data_center", list.data_center)
-            .map_err(|error| StorageError::Internal(error.to_string()))?;
+            .map_err(|error| StoreError::Internal(error.to_string()))?;
         if store.has_history(&data_center, list.protocol).await? {
             continue;
         }
@@ -56,7 +60,7 @@ pub async fn publish_initial_lists<S: AllowlistStore>(store: &S) -> Result<usize
                 break;
             }
             let current = store.version(&data_center).await?;
-            let now = now_micros();
+            let now = clock.now_micros();
             let outcome = store
                 .publish(Publication {
                     data_center: data_center.clone(),

@@ -27,7 +27,7 @@ use quick_cache::sync::Cache;
 pub use change::{CHANNEL, Change};
 pub use listener::TRUST;
 
-use super::{DatabaseUrl, StorageError};
+use super::{DatabaseUrl, StoreError};
 use crate::domain::directory::DataCenterId;
 use crate::domain::domain_settings::DomainSettings;
 use crate::service::allowlist::StoredList;
@@ -83,12 +83,12 @@ impl ReadCache {
         map: &Cache<K, V>,
         key: K,
         load: F,
-    ) -> Result<V, StorageError>
+    ) -> Result<V, StoreError>
     where
         K: Eq + Hash + Clone,
         V: Clone,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, StorageError>>,
+        Fut: Future<Output = Result<V, StoreError>>,
     {
         if !self.trusted() {
             return load().await;
@@ -160,7 +160,7 @@ mod tests {
     use std::time::Instant;
 
     use super::{Change, ReadCache, TRUST};
-    use crate::storage::{DatabaseUrl, StorageError};
+    use crate::storage::{DatabaseUrl, StoreError};
 
     fn trusted_cache() -> ReadCache {
         ReadCache::new(100, &DatabaseUrl::SqliteMemory)
@@ -169,7 +169,7 @@ mod tests {
     async fn load(cache: &ReadCache, value: i64) -> i64 {
         cache
             .get_or_load(&cache.generation, (), || async {
-                Ok::<_, StorageError>(value)
+                Ok::<_, StoreError>(value)
             })
             .await
             .unwrap()
@@ -195,7 +195,7 @@ mod tests {
             .get_or_load(&cache.generation, (), || async {
                 // The row changes while it is being read.
                 cache.apply(&Change::Allowlist("na1".to_owned()));
-                Ok::<_, StorageError>(1)
+                Ok::<_, StoreError>(1)
             })
             .await
             .unwrap();
