@@ -218,7 +218,7 @@ fn required_server(
     }
 }
 
-fn parse_exchange_url(field: &str, raw: &str) -> Result<String, FieldViolation> {
+pub fn parse_exchange_url(field: &str, raw: &str) -> Result<String, FieldViolation> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(FieldViolation::new(

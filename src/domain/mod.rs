@@ -2,14 +2,19 @@
 //! Nothing here does I/O.
 
 pub mod allowlist;
+pub mod connection;
+pub mod credentials;
 pub mod directory;
 pub mod domain_name;
 pub mod domain_settings;
 pub mod email;
+pub mod inbox;
+pub mod notification;
 pub mod page;
 pub mod principal;
 pub mod probe;
 pub mod providers;
+pub mod sealing;
 pub mod secret;
 pub mod time;
 pub mod violation;

@@ -14,10 +14,12 @@ use crate::domain::domain_settings::{
     SettingsInput, SettingsKind, resource_name,
 };
 use crate::domain::probe::{ProbeContext, ProbeCredentials, Security, ServerEndpoint};
+use crate::domain::providers::OAuthProvider;
 use crate::domain::secret::Secret;
 use crate::service::ServiceError;
 use crate::service::domain_settings::{
-    DomainSettingsService, DomainSettingsStore, Resolution, SettingsRequest, UpdateRequest,
+    BuiltinAccess, DomainSettingsService, DomainSettingsStore, Resolution, SettingsRequest,
+    UpdateRequest,
 };
 use crate::service::pagination::PageRequest;
 use crate::service::probing::Prober;
@@ -66,7 +68,14 @@ fn scope_to_proto(scope: ExchangeScope) -> proto::ExchangeScope {
     }
 }
 
-fn server_input(address: proto::ServerAddress) -> ServerInput {
+fn oauth_provider_to_proto(provider: OAuthProvider) -> proto::OauthProvider {
+    match provider {
+        OAuthProvider::Google => proto::OauthProvider::Google,
+        OAuthProvider::Microsoft => proto::OauthProvider::Microsoft,
+    }
+}
+
+pub(super) fn server_input(address: proto::ServerAddress) -> ServerInput {
     ServerInput {
         host: address.host,
         port: address.port,
@@ -328,10 +337,17 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
                 response.domain_settings = preset.name();
                 response.settings = Some(to_oneof(preset.settings));
             }
-            Resolution::BuiltinProvider { name, settings } => {
+            Resolution::BuiltinProvider { name, access } => {
                 response.source = proto::SettingsSource::BuiltinProvider.into();
                 response.provider_name = name.to_owned();
-                response.settings = Some(to_oneof(settings));
+                match access {
+                    BuiltinAccess::Servers(settings) => {
+                        response.settings = Some(to_oneof(settings))
+                    }
+                    BuiltinAccess::OAuth(provider) => {
+                        response.oauth_provider = oauth_provider_to_proto(provider).into();
+                    }
+                }
             }
             Resolution::None => {}
         }

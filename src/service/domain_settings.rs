@@ -11,24 +11,20 @@ use crate::domain::Violations;
 use crate::domain::domain_name::DomainName;
 use crate::domain::domain_settings::{
     DomainSettings, ServerSettings, SettingsInput, SettingsKind, UpdateError, apply_update,
-    parse_etag, parse_resource_name,
+    parse_resource_name,
 };
 use crate::domain::email::EmailAddress;
 use crate::domain::principal::{Principal, Role};
-use crate::domain::probe::{
-    ProbeContext, ProbeCredentials, ProbeRefused, ProbeReport, ProbeRequest, ProbeTarget,
-};
-use crate::domain::providers::provider_for;
+use crate::domain::probe::{ProbeContext, ProbeCredentials, ProbeRefused, ProbeReport};
+use crate::domain::providers::{OAuthProvider, Reach, provider_for};
 use crate::service::StoreError;
 
 use super::ServiceError;
 use super::attempts::{AttemptRecorder, AttemptStore};
 use super::clock::Clock;
+use super::conditions;
 use super::pagination::{Page, PageRequest, bad_token, paginate};
-use super::probing::Prober;
-
-/// Longest idempotency key accepted.
-const MAX_REQUEST_ID: usize = 128;
+use super::probing::{ProbeFields, Prober, probe_refused, probe_requests};
 
 /// What an insert found.
 pub enum InsertOutcome {
@@ -135,9 +131,15 @@ pub enum Resolution {
     AdminPreset(DomainSettings),
     BuiltinProvider {
         name: &'static str,
-        settings: ServerSettings,
+        access: BuiltinAccess,
     },
     None,
+}
+
+/// How a well-known provider's mailboxes connect.
+pub enum BuiltinAccess {
+    Servers(ServerSettings),
+    OAuth(OAuthProvider),
 }
 
 pub struct DomainSettingsService<S, P> {
@@ -197,62 +199,12 @@ fn already_exists(domain: &DomainName, kind: SettingsKind) -> ServiceError {
     }
 }
 
-/// An etag from a request: empty means unconditional.
-fn expected_version(field: &str, etag: &str) -> Result<Option<i64>, ServiceError> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    parse_etag(etag).map(Some).ok_or_else(|| {
-        ServiceError::invalid(
-            field,
-            "is not an etag of these settings: send the etag a Get returned",
-        )
-    })
-}
-
-/// The answer to a call whose probes were refused (busy, or over the account's rate).
-fn probe_refused(refused: ProbeRefused) -> ServiceError {
-    ServiceError::ResourceExhausted {
-        reason: "PROBE_CAPACITY",
-        message: refused.to_string(),
-        retry_after: match refused {
-            ProbeRefused::Busy => None,
-            ProbeRefused::RateLimited { retry_after } => Some(retry_after),
-        },
-    }
-}
-
-/// The probes settings need: IMAP and SMTP, or the Exchange URL.
-fn probe_requests(
-    settings: &ServerSettings,
-    credentials: Option<&ProbeCredentials>,
-) -> Vec<ProbeRequest> {
-    let request = |target, allow_insecure_certificate, field_prefix: &str| ProbeRequest {
-        target,
-        allow_insecure_certificate,
-        credentials: credentials.cloned(),
-        field_prefix: field_prefix.to_owned(),
-    };
-    match settings {
-        ServerSettings::Imap(imap) => vec![
-            request(
-                ProbeTarget::Imap(imap.imap_server.clone()),
-                imap.allow_insecure_certificate,
-                "domain_settings.imap.imap_server",
-            ),
-            request(
-                ProbeTarget::Smtp(imap.smtp_server.clone()),
-                imap.allow_insecure_certificate,
-                "domain_settings.imap.smtp_server",
-            ),
-        ],
-        ServerSettings::Exchange(exchange) => vec![request(
-            ProbeTarget::Exchange(exchange.exchange_url.clone()),
-            false,
-            "domain_settings.exchange.exchange_url",
-        )],
-    }
-}
+/// Where the servers of a DomainSettings message are, for the reports' field paths.
+const SETTINGS_FIELDS: ProbeFields = ProbeFields {
+    imap_server: "domain_settings.imap.imap_server",
+    smtp_server: "domain_settings.imap.smtp_server",
+    exchange_url: "domain_settings.exchange.exchange_url",
+};
 
 impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
     /// `attempts` counts the attempts at domains without a preset; its flusher is the
@@ -284,7 +236,10 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             ..context.clone()
         };
         self.prober
-            .probe_all(probe_requests(settings, credentials), context)
+            .probe_all(
+                probe_requests(settings, credentials, &SETTINGS_FIELDS),
+                context,
+            )
             .await
             .map_err(probe_refused)
     }
@@ -324,14 +279,8 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         context: &ProbeContext,
     ) -> Result<Probed<DomainSettings>, ServiceError> {
         let account_id = writer_account(principal, "CreateDomainSettings")?;
-        if request_id.len() > MAX_REQUEST_ID || request_id.chars().any(char::is_control) {
-            return Err(ServiceError::invalid(
-                "request_id",
-                format!("must be at most {MAX_REQUEST_ID} printable characters, e.g. a UUID"),
-            ));
-        }
+        let request_id = conditions::request_id(request_id)?;
         let (domain, settings) = Self::parse_settings(&request)?;
-        let request_id = (!request_id.is_empty()).then(|| request_id.to_owned());
         if let Some(id) = &request_id
             && let Some(first) = self.store.find_request(account_id, id.clone()).await?
         {
@@ -339,7 +288,10 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         }
         // A herd retrying while the probes are busy would otherwise each read the database
         // first, taking it from the calls being served.
-        if !self.prober.has_room(probe_requests(&settings, None).len()) {
+        if !self
+            .prober
+            .has_room(probe_requests(&settings, None, &SETTINGS_FIELDS).len())
+        {
             return Err(probe_refused(ProbeRefused::Busy));
         }
         if let Some(existing) = self.store.get(account_id, domain.clone()).await? {
@@ -401,7 +353,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         let account_id = writer_account(principal, "UpdateDomainSettings")?;
         let mut violations = Violations::new();
         let domain = violations.check(parse_resource_name("domain_settings.name", name));
-        let expected = expected_version("domain_settings.etag", etag);
+        let expected = conditions::expected_version("domain_settings.etag", etag);
         let domain = violations.finish(|| domain.expect("checked"))?;
         let expected = expected?;
         let existing = self
@@ -471,7 +423,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         let account_id = writer_account(principal, "DeleteDomainSettings")?;
         let mut violations = Violations::new();
         let domain = violations.check(parse_resource_name("name", name));
-        let expected = expected_version("etag", etag);
+        let expected = conditions::expected_version("etag", etag);
         let domain = violations.finish(|| domain.expect("checked"))?;
         match self
             .store
@@ -515,13 +467,19 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
         if let Some(preset) = self.store.get(account_id, domain.clone()).await? {
             return Ok((domain, Resolution::AdminPreset(preset)));
         }
-        self.attempts.record(account_id, &domain);
         let resolution = match provider_for(domain.as_str()) {
             Some(provider) => Resolution::BuiltinProvider {
                 name: provider.name,
-                settings: ServerSettings::Imap(provider.imap_settings()),
+                access: match provider.reach() {
+                    Reach::Servers(imap) => BuiltinAccess::Servers(ServerSettings::Imap(imap)),
+                    Reach::OAuth(oauth) => BuiltinAccess::OAuth(oauth),
+                },
             },
-            None => Resolution::None,
+            None => {
+                // Only what nobody knows goes on the admins' to-do list.
+                self.attempts.record(account_id, &domain);
+                Resolution::None
+            }
         };
         Ok((domain, resolution))
     }
@@ -986,7 +944,10 @@ mod tests {
         let (_, gmail) = service.resolve(&user, "bob@gmail.com").await.unwrap();
         assert!(matches!(
             gmail,
-            Resolution::BuiltinProvider { name: "Gmail", .. }
+            Resolution::BuiltinProvider {
+                name: "Gmail",
+                access: BuiltinAccess::OAuth(OAuthProvider::Google)
+            }
         ));
         let first_page = PageRequest {
             page_size: 0,
@@ -999,6 +960,10 @@ mod tests {
             .items;
         let org = attempts.iter().find(|a| a.domain == "example.org").unwrap();
         assert_eq!(org.attempts, 3);
+        assert!(
+            attempts.iter().all(|a| a.domain != "gmail.com"),
+            "a built-in provider is no task for the admins: {attempts:?}"
+        );
         assert!(
             service
                 .list_attempted(

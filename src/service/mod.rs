@@ -4,9 +4,11 @@
 pub mod allowlist;
 pub mod attempts;
 pub mod clock;
+pub mod conditions;
 pub mod directory;
 pub mod domain_settings;
 mod error;
+pub mod inbox_connections;
 pub mod pagination;
 pub mod probing;
 mod store;

@@ -3,8 +3,9 @@
 use diesel::prelude::*;
 
 use super::cache::Change;
+use super::inbox_connections::user_deleted;
 use super::schema::{account_sending_domains, accounts, team_members, teams, users};
-use super::{Database, DbConnection, StoreError, now_micros, per_backend};
+use super::{Database, DbConnection, StoreError, exclusive, now_micros, per_backend};
 use crate::domain::directory::{Account, DataCenterId, Team, Tier, User, UserRole};
 use crate::domain::email::EmailAddress;
 use crate::service::directory::DirectoryStore;
@@ -104,7 +105,7 @@ fn load_account(conn: &mut DbConnection, id: i64) -> Result<Option<Account>, Sto
     row.into_domain(domains).map(Some)
 }
 
-fn load_user(
+pub(super) fn load_user(
     conn: &mut DbConnection,
     account_id: i64,
     user_id: i64,
@@ -116,6 +117,21 @@ fn load_user(
         .optional()?
         .map(UserRow::into_domain)
         .transpose()
+}
+
+/// Every user of the account, deleted or not.
+pub(super) fn load_users(
+    conn: &mut DbConnection,
+    account_id: i64,
+) -> Result<Vec<User>, StoreError> {
+    users::table
+        .filter(users::account_id.eq(account_id))
+        .order(users::id)
+        .select(UserRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(UserRow::into_domain)
+        .collect()
 }
 
 fn load_team_members(
@@ -206,10 +222,16 @@ impl DirectoryStore for Database {
         user_id: i64,
     ) -> Result<Option<User>, StoreError> {
         self.run(move |conn| {
-            conn.transaction(|conn| {
+            exclusive(conn, |conn| {
+                let was_deleted = load_user(conn, account_id, user_id)?.map(|user| user.deleted);
+                let now = now_micros();
                 diesel::update(users::table.find((account_id, user_id)))
-                    .set((users::deleted.eq(true), users::update_time.eq(now_micros())))
+                    .set((users::deleted.eq(true), users::update_time.eq(now)))
                     .execute(conn)?;
+                // Once, when the user goes: their mailboxes follow (seed 004's deleted user).
+                if was_deleted == Some(false) {
+                    user_deleted(conn, account_id, user_id, now)?;
+                }
                 load_user(conn, account_id, user_id)
             })
         })

@@ -18,10 +18,10 @@ use crate::service::domain_settings::{
     AttemptedDomain, DomainSettingsStore, InsertOutcome, WriteOutcome,
 };
 
-/// The servers as stored in the `settings` column.
+/// The servers as stored in the `settings` column (and in a connection's `servers`).
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum SettingsJson {
+pub(super) enum SettingsJson {
     Imap {
         imap: EndpointJson,
         smtp: EndpointJson,
@@ -34,7 +34,7 @@ enum SettingsJson {
 }
 
 #[derive(Serialize, Deserialize)]
-struct EndpointJson {
+pub(super) struct EndpointJson {
     host: String,
     port: u16,
     security: String,
@@ -86,47 +86,60 @@ impl EndpointJson {
 }
 
 fn settings_to_json(settings: &ServerSettings) -> String {
-    let json = match settings {
-        ServerSettings::Imap(imap) => SettingsJson::Imap {
-            imap: EndpointJson::from_domain(&imap.imap_server),
-            smtp: EndpointJson::from_domain(&imap.smtp_server),
-            allow_insecure_certificate: imap.allow_insecure_certificate,
-        },
-        ServerSettings::Exchange(exchange) => SettingsJson::Exchange {
-            url: exchange.exchange_url.clone(),
-            scopes: exchange
-                .scopes
-                .iter()
-                .map(|scope| scope_name(*scope).to_owned())
-                .collect(),
-        },
-    };
-    serde_json::to_string(&json).expect("settings always serialise")
+    serde_json::to_string(&SettingsJson::from_domain(settings)).expect("settings always serialise")
 }
 
 fn settings_from_json(text: &str) -> Result<ServerSettings, StoreError> {
-    match serde_json::from_str(text).map_err(|_| corrupt("settings document"))? {
-        SettingsJson::Imap {
-            imap,
-            smtp,
-            allow_insecure_certificate,
-        } => Ok(ServerSettings::Imap(ImapSettings {
-            imap_server: imap.into_domain()?,
-            smtp_server: smtp.into_domain()?,
-            allow_insecure_certificate,
-        })),
-        SettingsJson::Exchange { url, scopes } => Ok(ServerSettings::Exchange(ExchangeSettings {
-            exchange_url: url,
-            scopes: scopes
-                .iter()
-                .map(|name| {
-                    [ExchangeScope::Email, ExchangeScope::Calendar]
-                        .into_iter()
-                        .find(|scope| scope_name(*scope) == name)
-                        .ok_or_else(|| corrupt("scope"))
-                })
-                .collect::<Result<_, _>>()?,
-        })),
+    serde_json::from_str::<SettingsJson>(text)
+        .map_err(|_| corrupt("settings document"))?
+        .into_domain()
+}
+
+impl SettingsJson {
+    pub(super) fn from_domain(settings: &ServerSettings) -> Self {
+        match settings {
+            ServerSettings::Imap(imap) => SettingsJson::Imap {
+                imap: EndpointJson::from_domain(&imap.imap_server),
+                smtp: EndpointJson::from_domain(&imap.smtp_server),
+                allow_insecure_certificate: imap.allow_insecure_certificate,
+            },
+            ServerSettings::Exchange(exchange) => SettingsJson::Exchange {
+                url: exchange.exchange_url.clone(),
+                scopes: exchange
+                    .scopes
+                    .iter()
+                    .map(|scope| scope_name(*scope).to_owned())
+                    .collect(),
+            },
+        }
+    }
+
+    pub(super) fn into_domain(self) -> Result<ServerSettings, StoreError> {
+        match self {
+            SettingsJson::Imap {
+                imap,
+                smtp,
+                allow_insecure_certificate,
+            } => Ok(ServerSettings::Imap(ImapSettings {
+                imap_server: imap.into_domain()?,
+                smtp_server: smtp.into_domain()?,
+                allow_insecure_certificate,
+            })),
+            SettingsJson::Exchange { url, scopes } => {
+                Ok(ServerSettings::Exchange(ExchangeSettings {
+                    exchange_url: url,
+                    scopes: scopes
+                        .iter()
+                        .map(|name| {
+                            [ExchangeScope::Email, ExchangeScope::Calendar]
+                                .into_iter()
+                                .find(|scope| scope_name(*scope) == name)
+                                .ok_or_else(|| corrupt("scope"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                }))
+            }
+        }
     }
 }
 

@@ -7,6 +7,8 @@ pub mod allowlist;
 mod cache;
 pub mod directory;
 pub mod domain_settings;
+pub mod inbox_connections;
+mod notifications;
 mod pool;
 pub mod schema;
 mod url;
@@ -62,6 +64,31 @@ impl From<DieselError> for StoreError {
 }
 
 pub use crate::domain::time::{from_micros, to_micros};
+
+/// Runs `work` in a transaction that holds the write lock from its start: on SQLite a
+/// deferred transaction that read first cannot take the lock while another writer holds it
+/// ("database is locked" at once, whatever the busy timeout), so concurrent read-then-write
+/// transactions must begin IMMEDIATE to queue instead. Postgres needs no such thing.
+pub(crate) fn exclusive<T>(
+    conn: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    if matches!(conn, DbConnection::Pg(_)) {
+        return conn.transaction(work);
+    }
+    diesel::sql_query("BEGIN IMMEDIATE").execute(conn)?;
+    match work(conn) {
+        Ok(value) => {
+            diesel::sql_query("COMMIT").execute(conn)?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = diesel::sql_query("ROLLBACK").execute(conn);
+            Err(error)
+        }
+    }
+}
 
 /// Current time as stored, for rows whose time no use case decides (directory bookkeeping).
 pub fn now_micros() -> i64 {

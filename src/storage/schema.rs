@@ -113,6 +113,97 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    inboxes (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        display_name -> Text,
+        version -> BigInt,
+        created_by_user_id -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+    }
+}
+
+diesel::table! {
+    connections (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        email_address -> Text,
+        address_key -> Text,
+        kind -> Text,
+        provider -> Text,
+        owner_user_id -> BigInt,
+        inbox_id -> Nullable<BigInt>,
+        state -> Text,
+        disconnect_reason -> Nullable<Text>,
+        holds_address -> Bool,
+        usages -> Text,
+        servers -> Nullable<Text>,
+        channel_settings -> Nullable<Text>,
+        version -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+        state_change_time -> BigInt,
+        last_check_time -> Nullable<BigInt>,
+        last_success_time -> Nullable<BigInt>,
+        consecutive_failures -> Integer,
+        first_failure_time -> Nullable<BigInt>,
+        last_error -> Text,
+        next_check_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    connection_credentials (connection_id) {
+        connection_id -> BigInt,
+        account_id -> BigInt,
+        key_id -> Text,
+        username -> Text,
+        password -> Nullable<Binary>,
+        refresh_token -> Nullable<Binary>,
+        access_token -> Nullable<Binary>,
+        access_token_expire_time -> Nullable<BigInt>,
+        scopes -> Text,
+        account_email -> Text,
+    }
+}
+
+diesel::table! {
+    inbox_requests (account_id, request_id) {
+        account_id -> BigInt,
+        request_id -> Text,
+        method -> Text,
+        fingerprint -> Text,
+        resource_id -> BigInt,
+        create_time -> BigInt,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        recipient_user_id -> BigInt,
+        recipient_email -> Text,
+        kind -> Text,
+        connection_id -> BigInt,
+        email_address -> Text,
+        connection_kind -> Text,
+        disconnect_reason -> Nullable<Text>,
+        actor_user_id -> BigInt,
+        subject -> Text,
+        message -> Text,
+        create_time -> BigInt,
+        next_attempt_time -> Nullable<BigInt>,
+        attempts -> Integer,
+        sent_time -> Nullable<BigInt>,
+        last_error -> Text,
+    }
+}
+
+diesel::joinable!(connection_credentials -> connections (connection_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     allowlist_data_centers,
     allowlist_ranges,
@@ -125,4 +216,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     domain_settings,
     domain_settings_requests,
     attempted_domains,
+    inboxes,
+    connections,
+    connection_credentials,
+    inbox_requests,
+    notifications,
 );

@@ -59,10 +59,10 @@ async fn concurrent_resolves_are_counted_exactly(backend: Backend) {
     })
     .await;
     let plan = [
-        (1, "gmail.com", 40),
+        (1, "gamma.example", 40),
         (1, "acme.example", 25),
         (1, "Beta.Example", 10),
-        (2, "gmail.com", 15),
+        (2, "gamma.example", 15),
         (2, "acme.example", 30),
     ];
     for round in 1..=2 {
@@ -82,14 +82,14 @@ async fn concurrent_resolves_are_counted_exactly(backend: Backend) {
             BTreeMap::from([
                 ("acme.example".to_owned(), 25 * round),
                 ("beta.example".to_owned(), 10 * round),
-                ("gmail.com".to_owned(), 40 * round),
+                ("gamma.example".to_owned(), 40 * round),
             ])
         );
         assert_eq!(
             listed(&app.channel, 2).await,
             BTreeMap::from([
                 ("acme.example".to_owned(), 30 * round),
-                ("gmail.com".to_owned(), 15 * round),
+                ("gamma.example".to_owned(), 15 * round),
             ])
         );
     }
@@ -102,7 +102,7 @@ async fn sigterm_writes_the_pending_attempts(backend: Backend) {
     let mut server = ServerProcess::start(&database, &["--attempts-flush-interval", "1h"], &[]);
     server.wait_until_serving().await;
     let channel = server.channel();
-    for address in ["a@acme.example", "b@acme.example", "c@gmail.com"] {
+    for address in ["a@acme.example", "b@acme.example", "c@gamma.example"] {
         resolve(&channel, 3, address.to_owned()).await;
     }
     let stored = Database::new(DatabaseUrl::parse(database.url()).unwrap(), 1).unwrap();
@@ -122,7 +122,10 @@ async fn sigterm_writes_the_pending_attempts(backend: Backend) {
         .collect();
     assert_eq!(
         written,
-        BTreeMap::from([("acme.example".to_owned(), 2), ("gmail.com".to_owned(), 1)])
+        BTreeMap::from([
+            ("acme.example".to_owned(), 2),
+            ("gamma.example".to_owned(), 1)
+        ])
     );
 }
 

@@ -642,6 +642,11 @@ async fn attempted_domains_are_the_admins_to_do_list(backend: Backend) {
         .into_inner();
     assert_eq!(gmail.source(), SettingsSource::BuiltinProvider);
     assert_eq!(gmail.provider_name, "Gmail");
+    assert_eq!(gmail.oauth_provider(), proto::OauthProvider::Google);
+    assert!(
+        gmail.settings.is_none(),
+        "Gmail takes no passwords: {gmail:?}"
+    );
 
     let status = client
         .list_attempted_domains(authed(&user, ListAttemptedDomainsRequest::default()))
@@ -660,6 +665,10 @@ async fn attempted_domains_are_the_admins_to_do_list(backend: Backend) {
         .find(|a| a.domain == "todo.example")
         .unwrap();
     assert_eq!(todo.attempts, 2);
+    assert!(
+        attempted.iter().all(|a| a.domain != "gmail.com"),
+        "a built-in provider is not on the to-do list: {attempted:?}"
+    );
     let (first, last) = (
         todo.first_attempt_time.unwrap(),
         todo.last_attempt_time.unwrap(),

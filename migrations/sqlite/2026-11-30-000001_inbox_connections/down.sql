@@ -1,0 +1,5 @@
+DROP TABLE notifications;
+DROP TABLE inbox_requests;
+DROP TABLE connection_credentials;
+DROP TABLE connections;
+DROP TABLE inboxes;
