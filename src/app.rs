@@ -15,6 +15,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
+use crate::domain::connection::FailurePolicy;
+use crate::domain::sealing::Keyring;
 use crate::grpc::auth::AuthInterceptor;
 use crate::grpc::drain::DrainWatches;
 use crate::grpc::gate::{Gate, Readiness};
@@ -25,18 +27,23 @@ use crate::grpc::policy::PolicyLayer;
 use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceServer;
-use crate::grpc::{AllowlistApi, DirectoryApi, DomainSettingsApi, LIVENESS_SERVICE, proto};
+use crate::grpc::proto::inbox_connection_service_server::InboxConnectionServiceServer;
+use crate::grpc::{
+    AllowlistApi, DirectoryApi, DomainSettingsApi, InboxConnectionApi, LIVENESS_SERVICE, proto,
+};
+use crate::outbound::oauth::OAuthClients;
+use crate::outbound::relay::SmtpRelay;
 use crate::probe::Probe;
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
 use crate::service::attempts::AttemptRecorder;
 use crate::service::clock::{Clock, SystemClock};
 use crate::service::directory::DirectoryService;
+use crate::service::dispatcher::{Dispatcher, run_every};
 use crate::service::domain_settings::DomainSettingsService;
+use crate::service::inbox_connections::{CheckSchedule, InboxConnectionService, Options};
+use crate::service::monitor::{Monitor, MonitorOptions};
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
-
-/// Services of the contract that later work implements; their methods answer UNIMPLEMENTED.
-const PENDING_SERVICES: &[&str] = &["mailconnect.v1.InboxConnectionService"];
 
 /// Services whose health follows the database.
 const SERVED_SERVICES: &[&str] = &[
@@ -44,7 +51,12 @@ const SERVED_SERVICES: &[&str] = &[
     <DirectoryServiceServer<DirectoryApi<Database>> as NamedService>::NAME,
     <AllowlistServiceServer<AllowlistApi<Database>> as NamedService>::NAME,
     <DomainSettingsServiceServer<DomainSettingsApi<Database, Probe>> as NamedService>::NAME,
+    <InboxConnectionServiceServer<InboxApi> as NamedService>::NAME,
 ];
+
+/// The InboxConnectionService as this application builds it.
+type InboxApi = InboxConnectionApi<Database, Arc<Probe>, OAuthClients, Arc<DomainSettings>>;
+type DomainSettings = DomainSettingsService<Database, Arc<Probe>>;
 
 pub struct Application {
     listener: TcpListener,
@@ -55,6 +67,10 @@ pub struct Application {
     server: tonic::transport::Server,
     settings: Settings,
     clock: Arc<dyn Clock>,
+    /// `None` without a configured (or, on the embedded default, created) encryption key.
+    credential_keys: Option<Keyring>,
+    /// `None` without `MAILCONNECT_SMTP_RELAY_URL`: notifications are then only listed.
+    relay: Option<SmtpRelay>,
 }
 
 impl Application {
@@ -65,6 +81,13 @@ impl Application {
         settings.default_data_center()?;
         let server = settings.server.builder()?;
         let keys = Arc::new(settings.keys.token_keys()?);
+        let credential_keys = settings.inbox.keyring(&settings.keys.data_dir, &url)?;
+        let relay = settings
+            .inbox
+            .smtp_relay_url
+            .as_ref()
+            .map(|url| SmtpRelay::new(url, &settings.inbox.notification_from))
+            .transpose()?;
         let database = Database::new(url, settings.database.db_max_connections)?
             .with_read_cache(settings.cache_entries);
         crate::telemetry::observe_pool(&database);
@@ -82,6 +105,8 @@ impl Application {
             server,
             settings,
             clock: Arc::new(SystemClock),
+            credential_keys,
+            relay,
         })
     }
 
@@ -109,11 +134,11 @@ impl Application {
     /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting, lets
     /// in-flight calls finish for at most the grace period, and returns.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
+        for service in SERVED_SERVICES {
             reporter
                 .set_service_status(*service, ServingStatus::NotServing)
                 .await;
@@ -158,12 +183,33 @@ impl Application {
         let allowlist = AllowlistApi::new(Arc::clone(&allowlist_service));
         let attempts = Arc::new(AttemptRecorder::new(self.database.clone()));
         let attempts_flusher = attempts.start_flusher(self.settings.attempts_flush_interval);
-        let domain_settings = DomainSettingsApi::new(Arc::new(DomainSettingsService::new(
+        // One probe, one set of budgets, for every use case that reaches mail servers.
+        let probe = Arc::new(Probe::from_settings(&self.settings.probe));
+        let domain_settings_service = Arc::new(DomainSettingsService::new(
             self.database.clone(),
             attempts,
-            Probe::from_settings(&self.settings.probe),
+            Arc::clone(&probe),
             Arc::clone(&self.clock),
+        ));
+        let domain_settings = DomainSettingsApi::new(Arc::clone(&domain_settings_service));
+        let inbox_settings = &self.settings.inbox;
+        let oauth = OAuthClients::from_settings(inbox_settings);
+        let inbox_connections = InboxConnectionApi::new(Arc::new(InboxConnectionService::new(
+            self.database.clone(),
+            Arc::clone(&probe),
+            oauth.clone(),
+            domain_settings_service,
+            Arc::clone(&self.clock),
+            Options {
+                keys: self.credential_keys.clone(),
+                limits: inbox_settings.inbox_limits,
+                schedule: CheckSchedule {
+                    interval: inbox_settings.connection_check_interval,
+                },
+            },
         )));
+        let (workers_stop_tx, workers_stop) = watch::channel(false);
+        let workers = self.start_workers(probe, oauth, workers_stop);
 
         let grace = self.settings.shutdown_grace;
         let drain_reporter = reporter.clone();
@@ -173,9 +219,11 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             let _ = stopping_tx.send(true);
+            // No new monitor or dispatcher rounds; the current ones finish and are joined.
+            let _ = workers_stop_tx.send(true);
             // Streams would otherwise hold the drain open until the grace period ends.
             allowlist_service.stop_watchers();
-            for service in SERVED_SERVICES.iter().chain(PENDING_SERVICES) {
+            for service in SERVED_SERVICES {
                 drain_reporter
                     .set_service_status(*service, ServingStatus::NotServing)
                     .await;
@@ -206,7 +254,7 @@ impl Application {
             .layer(PolicyLayer(RpcTelemetry::new()))
             .layer(PolicyLayer(DrainWatches::new(watches_end)))
             .layer(PolicyLayer(LoadShed::new(limits.max_concurrent_calls)))
-            .layer(PolicyLayer(Gate::new(PENDING_SERVICES, readiness)));
+            .layer(PolicyLayer(Gate::new(readiness)));
         let server = server
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -214,6 +262,7 @@ impl Application {
             .add_service(guarded!(DirectoryServiceServer, directory))
             .add_service(guarded!(AllowlistServiceServer, allowlist))
             .add_service(guarded!(DomainSettingsServiceServer, domain_settings))
+            .add_service(guarded!(InboxConnectionServiceServer, inbox_connections))
             .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
         tokio::pin!(server);
         let served = tokio::select! {
@@ -231,10 +280,70 @@ impl Application {
         };
         // The calls that counted attempts are over: nothing they counted is lost on a clean stop.
         attempts_flusher.stop().await;
+        for worker in workers {
+            let _ = worker.await;
+        }
         if let Some(health_port) = health_port {
             health_port.abort();
         }
         served
+    }
+}
+
+impl Application {
+    /// The connection monitor and, with a relay, the notification dispatcher: they run until
+    /// `stop` turns true and are joined before the server returns.
+    fn start_workers(
+        &mut self,
+        probe: Arc<Probe>,
+        oauth: OAuthClients,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let inbox = &self.settings.inbox;
+        let poll = inbox.background_poll_interval;
+        let monitor = Arc::new(Monitor::new(
+            self.database.clone(),
+            probe,
+            oauth,
+            Arc::clone(&self.clock),
+            self.credential_keys.clone(),
+            MonitorOptions {
+                policy: FailurePolicy {
+                    threshold: inbox.connection_failure_threshold,
+                    min_span: inbox.connection_failure_min_span,
+                },
+                interval: inbox.connection_check_interval,
+                concurrency: usize::try_from(inbox.connection_check_concurrency).unwrap_or(1),
+            },
+        ));
+        let mut workers = vec![tokio::spawn(run_every(
+            "connection monitor",
+            poll,
+            stop.clone(),
+            move || {
+                let monitor = Arc::clone(&monitor);
+                async move { monitor.run_once().await }
+            },
+        ))];
+        if let Some(relay) = self.relay.take() {
+            let domain = relay.from_domain();
+            let dispatcher = Arc::new(Dispatcher::new(
+                self.database.clone(),
+                relay,
+                Arc::clone(&self.clock),
+                domain,
+            ));
+            workers.push(tokio::spawn(run_every(
+                "notification dispatcher",
+                poll,
+                stop,
+                move || {
+                    let dispatcher = Arc::clone(&dispatcher);
+                    async move { dispatcher.run_once().await }
+                },
+            )));
+        }
+        workers
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::domain::directory::DataCenterId;
+use crate::domain::inbox::InboxLimits;
+use crate::domain::sealing::Keyring;
 use crate::domain::secret::Secret;
 use crate::grpc::server::ServerSettings;
 use crate::storage::DatabaseUrl;
@@ -182,6 +184,149 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub probe: ProbeSettings,
+    #[command(flatten)]
+    pub inbox: InboxSettings,
+}
+
+/// InboxConnectionService: credential keys, inbox limits, the connection monitor, the relay
+/// that mails notifications, and the OAuth clients that prove grants.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InboxSettings {
+    /// Keys that seal mailbox credentials: `id:base64-32-bytes`, comma-separated; the first
+    /// seals, all open (`mailconnect rotate-keys` re-seals under the first). Without it the
+    /// embedded SQLite default creates one in the data directory; on Postgres, connects that
+    /// carry credentials are refused (ENCRYPTION_NOT_CONFIGURED).
+    #[arg(long, env = "MAILCONNECT_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<Secret>,
+    /// Inboxes each tier may have, e.g. `free=1,starter=1,professional=100,enterprise=100`.
+    #[arg(
+        long,
+        env = "MAILCONNECT_INBOX_LIMITS",
+        default_value = "free=1,starter=1,professional=100,enterprise=100"
+    )]
+    pub inbox_limits: InboxLimits,
+    /// How often the monitor checks each active mailbox (a login, or an OAuth token refresh).
+    #[arg(long, env = "MAILCONNECT_CONNECTION_CHECK_INTERVAL", default_value = "15m", value_parser = parse_interval)]
+    pub connection_check_interval: Duration,
+    /// Failed checks in a row (network or server failures) before a mailbox is disconnected as
+    /// SERVER_UNREACHABLE; a refused login disconnects at once.
+    #[arg(long, env = "MAILCONNECT_CONNECTION_FAILURE_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
+    pub connection_failure_threshold: i32,
+    /// The shortest span from the first of those failures to the last before disconnecting, so
+    /// that a short outage raises no alarm.
+    #[arg(long, env = "MAILCONNECT_CONNECTION_FAILURE_MIN_SPAN", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub connection_failure_min_span: Duration,
+    /// Checks this process runs at once (they also share the probe's budgets).
+    #[arg(long, env = "MAILCONNECT_CONNECTION_CHECK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connection_check_concurrency: u32,
+    /// How often the monitor and the notification dispatcher look for due work.
+    #[arg(long, env = "MAILCONNECT_BACKGROUND_POLL_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub background_poll_interval: Duration,
+    /// SMTP relay that mails notifications, in lettre's URL forms: `smtp://host:25` (plain),
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465`, with optional `user:pass@`.
+    /// Without it notifications are only listed.
+    #[arg(long, env = "MAILCONNECT_SMTP_RELAY_URL", hide_env_values = true)]
+    pub smtp_relay_url: Option<Secret>,
+    /// The From of notification emails.
+    #[arg(
+        long,
+        env = "MAILCONNECT_NOTIFICATION_FROM",
+        default_value = "mailconnect <noreply@mailconnect.invalid>"
+    )]
+    pub notification_from: String,
+    #[command(flatten)]
+    pub google: GoogleOAuth,
+    #[command(flatten)]
+    pub microsoft: MicrosoftOAuth,
+}
+
+/// The OAuth client that proves Gmail grants; without a client id, grants are stored unproved.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GoogleOAuth {
+    /// OAuth client id of the Google app the grants were issued to.
+    #[arg(long, env = "MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID")]
+    pub google_oauth_client_id: Option<String>,
+    /// Its client secret.
+    #[arg(
+        long,
+        env = "MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub google_oauth_client_secret: Option<Secret>,
+    /// Google's token endpoint.
+    #[arg(
+        long,
+        env = "MAILCONNECT_GOOGLE_OAUTH_TOKEN_URL",
+        default_value = "https://oauth2.googleapis.com/token"
+    )]
+    pub google_oauth_token_url: url::Url,
+}
+
+/// The OAuth client that proves Office 365 grants; without a client id, grants are stored
+/// unproved.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MicrosoftOAuth {
+    /// Application (client) id of the Microsoft Entra app the grants were issued to.
+    #[arg(long, env = "MAILCONNECT_MICROSOFT_OAUTH_CLIENT_ID")]
+    pub microsoft_oauth_client_id: Option<String>,
+    /// Its client secret.
+    #[arg(
+        long,
+        env = "MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub microsoft_oauth_client_secret: Option<Secret>,
+    /// Microsoft's token endpoint.
+    #[arg(
+        long,
+        env = "MAILCONNECT_MICROSOFT_OAUTH_TOKEN_URL",
+        default_value = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+    )]
+    pub microsoft_oauth_token_url: url::Url,
+}
+
+/// Name of the embedded default's key file in the data directory.
+const DEV_KEYS_FILE: &str = "encryption-keys";
+
+impl InboxSettings {
+    /// The keys that seal credentials: the configured ones; on the embedded SQLite default, a
+    /// key created once in the data directory; on Postgres without keys, none.
+    pub fn keyring(
+        &self,
+        data_dir: &Path,
+        database: &DatabaseUrl,
+    ) -> anyhow::Result<Option<Keyring>> {
+        if let Some(keys) = &self.encryption_keys {
+            return Keyring::parse(keys)
+                .map(Some)
+                .map_err(|problem| anyhow::anyhow!("MAILCONNECT_ENCRYPTION_KEYS: {problem}"));
+        }
+        if database.is_postgres() {
+            tracing::warn!(
+                "MAILCONNECT_ENCRYPTION_KEYS is not set: connects that carry credentials are refused"
+            );
+            return Ok(None);
+        }
+        let path = data_dir.join(DEV_KEYS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => Secret::new(text.trim().to_owned()),
+            Err(_) => {
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+                let entry = Keyring::generate_entry("local1");
+                write_private(&path, entry.expose())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "created an encryption key for mailbox credentials in the data directory: set MAILCONNECT_ENCRYPTION_KEYS in production"
+                );
+                entry
+            }
+        };
+        Keyring::parse(&text)
+            .map(Some)
+            .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))
+    }
 }
 
 /// Where the mail server probe may connect and how long it may take. Shared by `serve` and

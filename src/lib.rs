@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod outbound;
 pub mod probe;
 pub mod service;
 pub mod storage;

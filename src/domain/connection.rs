@@ -224,6 +224,82 @@ pub struct Health {
     pub last_error: String,
 }
 
+/// What one monitor check of a mailbox found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    Passed,
+    /// The server refused the login (the password changed), or the provider refused the grant.
+    Refused {
+        revoked: bool,
+        error: String,
+    },
+    /// The server could not be reached or misbehaved: maybe a short outage.
+    Failed(String),
+}
+
+/// When failures that may be an outage disconnect: after `threshold` in a row spanning at least
+/// `min_span`, so that a short outage raises no false alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    pub threshold: i32,
+    pub min_span: std::time::Duration,
+}
+
+impl Health {
+    /// The health after a check at `now`, and the reason to disconnect, if it is time.
+    pub fn after(
+        &self,
+        result: &CheckResult,
+        now: SystemTime,
+        policy: FailurePolicy,
+    ) -> (Health, Option<DisconnectReason>) {
+        let checked = Health {
+            last_check_time: Some(now),
+            ..self.clone()
+        };
+        match result {
+            CheckResult::Passed => (
+                Health {
+                    last_success_time: Some(now),
+                    consecutive_failures: 0,
+                    first_failure_time: None,
+                    last_error: String::new(),
+                    ..checked
+                },
+                None,
+            ),
+            CheckResult::Refused { revoked, error } => (
+                Health {
+                    consecutive_failures: self.consecutive_failures.saturating_add(1),
+                    first_failure_time: self.first_failure_time.or(Some(now)),
+                    last_error: error.clone(),
+                    ..checked
+                },
+                Some(if *revoked {
+                    DisconnectReason::AccessRevoked
+                } else {
+                    DisconnectReason::CredentialsExpired
+                }),
+            ),
+            CheckResult::Failed(error) => {
+                let first = self.first_failure_time.unwrap_or(now);
+                let failures = self.consecutive_failures.saturating_add(1);
+                let span = now.duration_since(first).unwrap_or_default();
+                let give_up = failures >= policy.threshold && span >= policy.min_span;
+                (
+                    Health {
+                        consecutive_failures: failures,
+                        first_failure_time: Some(first),
+                        last_error: error.clone(),
+                        ..checked
+                    },
+                    give_up.then_some(DisconnectReason::ServerUnreachable),
+                )
+            }
+        }
+    }
+}
+
 /// A connected address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
@@ -364,6 +440,46 @@ mod tests {
         let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["usages[0]", "usages[1]"]);
         assert!(parse_usages("usages", ConnectionKind::Personal, &[], &[], true).is_err());
+    }
+
+    #[test]
+    fn outages_disconnect_only_after_the_threshold_and_the_span() {
+        let policy = FailurePolicy {
+            threshold: 3,
+            min_span: std::time::Duration::from_secs(1800),
+        };
+        let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let minutes = |m: u64| start + std::time::Duration::from_secs(60 * m);
+        let down = CheckResult::Failed("connection refused".into());
+        let (health, reason) = Health::default().after(&down, minutes(0), policy);
+        assert_eq!((health.consecutive_failures, reason), (1, None));
+        let (health, reason) = health.after(&down, minutes(1), policy);
+        let (health, reason2) = health.after(&down, minutes(2), policy);
+        assert_eq!(
+            (reason, reason2),
+            (None, None),
+            "three failures within minutes"
+        );
+        let (healed, reason) = health.after(&CheckResult::Passed, minutes(3), policy);
+        assert_eq!(reason, None);
+        assert_eq!(healed.consecutive_failures, 0);
+        assert_eq!(healed.first_failure_time, None);
+        let (health, _) = healed.after(&down, minutes(10), policy);
+        let (health, _) = health.after(&down, minutes(25), policy);
+        let (health, reason) = health.after(&down, minutes(40), policy);
+        assert_eq!(reason, Some(DisconnectReason::ServerUnreachable));
+        assert_eq!(health.consecutive_failures, 3);
+        assert_eq!(health.last_error, "connection refused");
+        let refused = CheckResult::Refused {
+            revoked: false,
+            error: "authentication failed".into(),
+        };
+        let (_, reason) = Health::default().after(&refused, minutes(0), policy);
+        assert_eq!(
+            reason,
+            Some(DisconnectReason::CredentialsExpired),
+            "at once"
+        );
     }
 
     #[test]

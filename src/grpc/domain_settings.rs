@@ -107,7 +107,9 @@ fn endpoint_to_proto(endpoint: ServerEndpoint) -> proto::ServerAddress {
     }
 }
 
-fn imap_to_proto(imap: crate::domain::domain_settings::ImapSettings) -> proto::ImapSettings {
+pub(super) fn imap_to_proto(
+    imap: crate::domain::domain_settings::ImapSettings,
+) -> proto::ImapSettings {
     proto::ImapSettings {
         imap_server: Some(endpoint_to_proto(imap.imap_server)),
         smtp_server: Some(endpoint_to_proto(imap.smtp_server)),
@@ -115,7 +117,7 @@ fn imap_to_proto(imap: crate::domain::domain_settings::ImapSettings) -> proto::I
     }
 }
 
-fn exchange_to_proto(
+pub(super) fn exchange_to_proto(
     exchange: crate::domain::domain_settings::ExchangeSettings,
 ) -> proto::ExchangeSettings {
     proto::ExchangeSettings {
@@ -160,7 +162,7 @@ fn settings_request(value: proto::DomainSettings) -> SettingsRequest {
 }
 
 /// The caller's deadline from the `grpc-timeout` header, so probes end before it.
-fn probe_context<T>(request: &Request<T>) -> ProbeContext {
+pub(super) fn probe_context<T>(request: &Request<T>) -> ProbeContext {
     let timeout = request
         .metadata()
         .get("grpc-timeout")

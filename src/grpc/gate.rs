@@ -1,7 +1,6 @@
-//! Answers `mailconnect.v1` calls that cannot be served before they reach a service:
-//! UNIMPLEMENTED (naming the method) for services declared in the contract but not built yet, and
-//! UNAVAILABLE while the database is not ready (not reachable or not migrated), instead of letting
-//! them fail inside with an internal error.
+//! Answers `mailconnect.v1` calls that cannot be served before they reach a service: UNAVAILABLE
+//! while the database is not ready (not reachable or not migrated), instead of letting them fail
+//! inside with an internal error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,31 +29,19 @@ impl Readiness {
     }
 }
 
-/// Layer over the whole router; `pending` are fully-qualified service names.
+/// Layer over the whole router.
 #[derive(Clone)]
 pub struct Gate {
-    pending: Arc<[&'static str]>,
     readiness: Readiness,
 }
 
 impl Gate {
-    pub fn new(pending: &[&'static str], readiness: Readiness) -> Self {
-        Self {
-            pending: pending.into(),
-            readiness,
-        }
+    pub fn new(readiness: Readiness) -> Self {
+        Self { readiness }
     }
 
-    /// The early answer for `service/method`, if any.
-    fn answer(&self, service: &str, method: &str) -> Option<Status> {
-        if self.pending.contains(&service) {
-            return Some(status(
-                Code::Unimplemented,
-                "NOT_IMPLEMENTED",
-                format!("{service}/{method} is not implemented yet"),
-                HashMap::from([("method".to_owned(), format!("{service}/{method}"))]),
-            ));
-        }
+    /// The early answer for a call to `service`, if any.
+    fn answer(&self, service: &str) -> Option<Status> {
         if service.starts_with(PACKAGE_PREFIX) && !self.readiness.is_ready() {
             return Some(status(
                 Code::Unavailable,
@@ -73,8 +60,8 @@ impl CallPolicy for Gate {
         inner: &mut S,
         request: http::Request<B>,
     ) -> BoxFuture<Response, S::Error> {
-        let answer = split_rpc_path(request.uri().path())
-            .and_then(|(service, method)| self.answer(service, method));
+        let answer =
+            split_rpc_path(request.uri().path()).and_then(|(service, _)| self.answer(service));
         match answer {
             Some(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
             None => Box::pin(inner.call(request)),

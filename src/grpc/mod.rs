@@ -8,6 +8,7 @@ mod domain_settings;
 pub mod drain;
 pub mod gate;
 pub mod health_port;
+mod inbox_connection;
 pub mod limits;
 pub mod observe;
 pub mod policy;
@@ -19,6 +20,7 @@ mod timestamp;
 pub use allowlist::AllowlistApi;
 pub use directory::DirectoryApi;
 pub use domain_settings::DomainSettingsApi;
+pub use inbox_connection::InboxConnectionApi;
 
 /// The standard health service, which the tower layers treat specially (never shed, not traced).
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";

@@ -556,7 +556,7 @@ mod tests {
     use crate::domain::domain_settings::{
         Choice, ExchangeInput, ExchangeScope, ImapInput, ServerInput,
     };
-    use crate::domain::probe::{ProbeOutcome, ProbeRefused};
+    use crate::domain::probe::{ProbeOutcome, ProbeRefused, ProbeRequest};
     use crate::storage::{Database, DatabaseUrl};
 
     /// A prober that fails the hosts it is told to and records what it was asked.

@@ -26,6 +26,7 @@ use crate::service::inbox_connections::store::{
     ConnectionChange, ConnectionFilter, ConnectionInsert, ConnectionInsertOutcome,
     InboxConnectionStore, InboxDelete, InboxInsert, RequestRecord, StoredRequest, TimeKey,
 };
+use crate::service::monitor::MonitorStore;
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Internal(format!("a stored connection has an invalid {what}"))
@@ -969,4 +970,42 @@ fn apply_change(
         }
     }
     Ok(())
+}
+
+impl MonitorStore for Database {
+    async fn claim_due_checks(
+        &self,
+        now: SystemTime,
+        next: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let (now, next) = (to_micros(now), to_micros(next));
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let due = connections::table
+                    .filter(connections::next_check_time.le(now))
+                    .filter(connections::state.eq(ConnectionState::Active.as_str()))
+                    .order(connections::next_check_time)
+                    .limit(limit_of(limit))
+                    .select(connections::id);
+                // Replicas claiming at once each take other rows instead of waiting.
+                let ids: Vec<i64> = match conn {
+                    DbConnection::Pg(pg) => due.for_update().skip_locked().load(pg)?,
+                    DbConnection::Sqlite(sqlite) => due.load(sqlite)?,
+                };
+                diesel::update(connections::table.filter(connections::id.eq_any(&ids)))
+                    .set(connections::next_check_time.eq(next))
+                    .execute(conn)?;
+                connections::table
+                    .filter(connections::id.eq_any(&ids))
+                    .order(connections::id)
+                    .select(ConnectionRow::as_select())
+                    .load(conn)?
+                    .into_iter()
+                    .map(ConnectionRow::into_domain)
+                    .collect()
+            })
+        })
+        .await
+    }
 }

@@ -1,13 +1,16 @@
 //! The notifications outbox: rows written in the transaction of the change that causes them,
 //! listed to their recipients, and mailed by the dispatcher (one sender per row, by lease).
 
+use std::time::SystemTime;
+
 use diesel::prelude::*;
 
 use super::directory::load_users;
 use super::schema::notifications;
-use super::{Database, DbConnection, StoreError, from_micros};
+use super::{Database, DbConnection, StoreError, exclusive, from_micros, to_micros};
 use crate::domain::connection::{Connection, ConnectionKind, DisconnectReason};
 use crate::domain::notification::{Event, NewNotification, Notification, NotificationKind, notify};
+use crate::service::dispatcher::OutboxStore;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = notifications)]
@@ -117,6 +120,78 @@ impl Database {
                 .into_iter()
                 .map(NotificationRow::into_domain)
                 .collect()
+        })
+        .await
+    }
+}
+
+impl OutboxStore for Database {
+    async fn claim_due_notifications(
+        &self,
+        now: SystemTime,
+        lease_until: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<(Notification, i32)>, StoreError> {
+        let (now, lease_until) = (to_micros(now), to_micros(lease_until));
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let due = notifications::table
+                    .filter(notifications::next_attempt_time.le(now))
+                    .order(notifications::next_attempt_time)
+                    .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .select(notifications::id);
+                // Replicas claiming at once each take other rows instead of waiting.
+                let ids: Vec<i64> = match conn {
+                    DbConnection::Pg(pg) => due.for_update().skip_locked().load(pg)?,
+                    DbConnection::Sqlite(sqlite) => due.load(sqlite)?,
+                };
+                diesel::update(notifications::table.filter(notifications::id.eq_any(&ids)))
+                    .set((
+                        notifications::next_attempt_time.eq(lease_until),
+                        notifications::attempts.eq(notifications::attempts + 1),
+                    ))
+                    .execute(conn)?;
+                let rows: Vec<(NotificationRow, i32)> = notifications::table
+                    .filter(notifications::id.eq_any(&ids))
+                    .order(notifications::id)
+                    .select((NotificationRow::as_select(), notifications::attempts))
+                    .load(conn)?;
+                rows.into_iter()
+                    .map(|(row, attempts)| Ok((row.into_domain()?, attempts)))
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn mark_sent(&self, id: i64, now: SystemTime) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            diesel::update(notifications::table.find(id))
+                .set((
+                    notifications::next_attempt_time.eq(None::<i64>),
+                    notifications::sent_time.eq(to_micros(now)),
+                    notifications::last_error.eq(""),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_failed(
+        &self,
+        id: i64,
+        error: String,
+        retry_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            diesel::update(notifications::table.find(id))
+                .set((
+                    notifications::next_attempt_time.eq(retry_at.map(to_micros)),
+                    notifications::last_error.eq(error),
+                ))
+                .execute(conn)?;
+            Ok(())
         })
         .await
     }

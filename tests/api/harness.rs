@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use mailconnect::app::Application;
-use mailconnect::config::{DatabaseSettings, KeySettings, LogFormat, ProbeSettings, Settings};
+use mailconnect::config::{
+    DatabaseSettings, InboxSettings, KeySettings, LogFormat, ProbeSettings, Settings,
+};
 use mailconnect::domain::principal::{Principal, Role};
+use mailconnect::domain::sealing::Keyring;
 use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
 use mailconnect::grpc::server::ServerSettings;
@@ -145,7 +148,18 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             probe_allowed_ports: vec!["1-65535".parse().unwrap()],
             ..crate::mail_servers::probe_settings(&[])
         },
+        inbox: InboxSettings {
+            encryption_keys: Some(Keyring::generate_entry("test1")),
+            background_poll_interval: Duration::from_millis(20),
+            ..defaults::<InboxSettings>()
+        },
     }
+}
+
+/// A settings group as `mailconnect serve` has it with nothing set.
+pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    T::from_arg_matches(&command.get_matches_from(["defaults"])).expect("defaults parse")
 }
 
 /// Starts the application on a fresh database and waits until it reports SERVING.
