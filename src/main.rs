@@ -39,6 +39,9 @@ enum Command {
         #[command(subcommand)]
         command: AllowlistCommand,
     },
+    /// Re-seal every stored mailbox credential under the first key of
+    /// MAILCONNECT_ENCRYPTION_KEYS (resumable: run it again after a crash).
+    RotateKeys(Box<commands::keys::RotateKeysArgs>),
     /// Check that an IMAP, SMTP or Exchange server answers, as the service would before accepting
     /// it: imap://host:993, smtps://host:465, https://host/EWS/Exchange.asmx, …
     Probe(Box<ProbeArgs>),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Migrate { keys, database } => migrate(keys, database).await,
             Command::Token(args) => token(args),
             Command::Allowlist { command } => commands::allowlist::run(command).await,
+            Command::RotateKeys(args) => commands::keys::run(*args).await,
             // The probe's exit status says whether the server works.
             Command::Probe(args) => return Ok(mailconnect::probe::cli::run(*args).await),
         };

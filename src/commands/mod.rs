@@ -1,3 +1,4 @@
 //! Subcommands of the `mailconnect` binary beyond serving, kept out of `main.rs`.
 
 pub mod allowlist;
+pub mod keys;

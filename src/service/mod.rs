@@ -10,6 +10,7 @@ pub mod dispatcher;
 pub mod domain_settings;
 mod error;
 pub mod inbox_connections;
+pub mod key_rotation;
 pub mod monitor;
 pub mod pagination;
 pub mod probing;

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::domain::connection::{CheckResult, Connection, FailurePolicy};
 use crate::domain::credentials::Credentials;
-use crate::domain::probe::{ProbeContext, ProbeCredentials, ProbeReport};
+use crate::domain::probe::{ProbeContext, ProbeCredentials, ProbeOutcome, ProbeReport};
 use crate::domain::sealing::Keyring;
 
 use super::StoreError;
@@ -66,7 +66,7 @@ fn login_refused(reports: &[ProbeReport]) -> Option<&ProbeReport> {
             && report
                 .stages
                 .iter()
-                .any(|stage| stage.name == "login" && !stage.outcome.is_success())
+                .any(|stage| stage.name == "login" && stage.outcome == ProbeOutcome::Failed)
     })
 }
 

@@ -26,6 +26,7 @@ use crate::service::inbox_connections::store::{
     ConnectionChange, ConnectionFilter, ConnectionInsert, ConnectionInsertOutcome,
     InboxConnectionStore, InboxDelete, InboxInsert, RequestRecord, StoredRequest, TimeKey,
 };
+use crate::service::key_rotation::{CredentialStore, StoredCredentials};
 use crate::service::monitor::MonitorStore;
 
 fn corrupt(what: &str) -> StoreError {
@@ -1004,6 +1005,62 @@ impl MonitorStore for Database {
                     .into_iter()
                     .map(ConnectionRow::into_domain)
                     .collect()
+            })
+        })
+        .await
+    }
+}
+
+impl CredentialStore for Database {
+    async fn credentials_not_under(
+        &self,
+        key_id: String,
+        limit: usize,
+    ) -> Result<Vec<StoredCredentials>, StoreError> {
+        self.run(move |conn| {
+            let rows: Vec<CredentialsRow> = connection_credentials::table
+                .filter(connection_credentials::key_id.ne(key_id))
+                .order(connection_credentials::connection_id)
+                .limit(limit_of(limit))
+                .select(CredentialsRow::as_select())
+                .load(conn)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| StoredCredentials {
+                    account_id: row.account_id,
+                    connection_id: row.connection_id,
+                    sealed: row.into_domain(),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn reseal(&self, batch: Vec<(String, StoredCredentials)>) -> Result<usize, StoreError> {
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let mut resealed = 0;
+                for (old_key, stored) in batch {
+                    let row = CredentialsRow::from_domain(
+                        stored.account_id,
+                        stored.connection_id,
+                        stored.sealed,
+                    );
+                    // Only if nobody re-sealed or replaced it meanwhile.
+                    resealed += diesel::update(
+                        connection_credentials::table
+                            .find(row.connection_id)
+                            .filter(connection_credentials::key_id.eq(old_key)),
+                    )
+                    .set((
+                        connection_credentials::key_id.eq(&row.key_id),
+                        connection_credentials::password.eq(&row.password),
+                        connection_credentials::refresh_token.eq(&row.refresh_token),
+                        connection_credentials::access_token.eq(&row.access_token),
+                    ))
+                    .execute(conn)?;
+                }
+                Ok(resealed)
             })
         })
         .await

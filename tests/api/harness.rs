@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
@@ -12,7 +13,7 @@ use mailconnect::config::{
     DatabaseSettings, InboxSettings, KeySettings, LogFormat, ProbeSettings, Settings,
 };
 use mailconnect::domain::principal::{Principal, Role};
-use mailconnect::domain::sealing::Keyring;
+use mailconnect::service::clock::{Clock, SystemClock};
 use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
 use mailconnect::grpc::server::ServerSettings;
@@ -25,6 +26,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// The credential key of every test server (replicas of one database share it).
+pub const TEST_ENCRYPTION_KEYS: &str = "test1:bWFpbGNvbm5lY3QtdGVzdC1rZXktMDEyMzQ1Njc4OSE=";
 
 /// The Postgres server the tests create their databases on.
 pub fn postgres_admin_url() -> String {
@@ -149,7 +152,7 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             ..crate::mail_servers::probe_settings(&[])
         },
         inbox: InboxSettings {
-            encryption_keys: Some(Keyring::generate_entry("test1")),
+            encryption_keys: Some(Secret::new(TEST_ENCRYPTION_KEYS.to_owned())),
             background_poll_interval: Duration::from_millis(20),
             ..defaults::<InboxSettings>()
         },
@@ -185,12 +188,32 @@ pub async fn start_app_with(
     database: TestDatabase,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    start_app_on(database, configure, Arc::new(SystemClock)).await
+}
+
+/// Like [`spawn_app_with`], with the use cases on `clock` (tests move time by hand).
+pub async fn spawn_app_on(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
+    let app = start_app_on(TestDatabase::create(backend), configure, clock).await;
+    app.wait_until_serving().await;
+    app
+}
+
+async fn start_app_on(
+    database: TestDatabase,
+    configure: impl FnOnce(&mut Settings),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(database.url(), data_dir.path().to_owned());
     configure(&mut settings);
     let application = Application::build(settings)
         .await
-        .expect("build application");
+        .expect("build application")
+        .with_clock(clock);
     let addr = application.local_addr();
     let health_addr = application.health_addr();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -249,8 +272,17 @@ impl TestApp {
 
     /// A second instance of the service on this one's database (another replica), SERVING.
     pub async fn spawn_replica(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        self.spawn_replica_on(configure, Arc::new(SystemClock)).await
+    }
+
+    /// Another replica, its use cases on `clock`.
+    pub async fn spawn_replica_on(
+        &self,
+        configure: impl FnOnce(&mut Settings),
+        clock: Arc<dyn Clock>,
+    ) -> TestApp {
         let url = self.database_url().to_owned();
-        let replica = start_app_with(TestDatabase::Shared { url }, configure).await;
+        let replica = start_app_on(TestDatabase::Shared { url }, configure, clock).await;
         replica.wait_until_serving().await;
         replica
     }

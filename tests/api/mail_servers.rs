@@ -198,6 +198,7 @@ pub struct Dovecot {
     pub imap_port: u16,
     pub imaps_port: u16,
     config: PathBuf,
+    users: PathBuf,
     process: Child,
     _dir: tempfile::TempDir,
 }
@@ -214,7 +215,8 @@ impl Dovecot {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         TestCertificate::self_signed(path);
-        std::fs::write(path.join("users"), format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
+        let users = path.join("users");
+        std::fs::write(&users, format!("{USER}:{{PLAIN}}{PASSWORD}\n")).unwrap();
         for sub in ["run", "state", "home"] {
             std::fs::create_dir(path.join(sub)).unwrap();
         }
@@ -251,9 +253,18 @@ impl Dovecot {
             imap_port,
             imaps_port,
             config,
+            users,
             process,
             _dir: dir,
         })
+    }
+
+    /// Changes the test user's password, as a mail admin would (Dovecot reads the file again
+    /// when it changes).
+    pub fn set_password(&self, password: &str) {
+        let next = self.users.with_extension("next");
+        std::fs::write(&next, format!("{USER}:{{PLAIN}}{password}\n")).unwrap();
+        std::fs::rename(&next, &self.users).unwrap();
     }
 }
 
@@ -338,30 +349,60 @@ pub struct Aiosmtpd {
 
 impl Aiosmtpd {
     pub fn start(mode: SmtpMode) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let certificate = TestCertificate::self_signed(dir.path());
+        let mode = match mode {
+            SmtpMode::StartTls => "starttls",
+            SmtpMode::ImplicitTls => "implicit",
+        };
+        let args = [
+            certificate.cert.display().to_string(),
+            certificate.key.display().to_string(),
+            mode.to_owned(),
+            USER.to_owned(),
+            PASSWORD.to_owned(),
+        ];
+        Self::spawn(free_port(), &args, dir)
+    }
+
+    /// A relay without TLS or AUTH on `port` that keeps every message it accepts (see
+    /// [`Aiosmtpd::messages`]).
+    pub fn sink(port: u16) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = dir.path().join("mail");
+        std::fs::create_dir(&mail).unwrap();
+        Self::spawn(port, &["sink".to_owned(), mail.display().to_string()], dir)
+    }
+
+    /// The messages a sink accepted, in order, each with its `X-Envelope-To:` lines first.
+    pub fn messages(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self._dir.path().join("mail"))
+            .map(|entries| entries.filter_map(|entry| Some(entry.ok()?.path())).collect())
+            .unwrap_or_default();
+        names.retain(|name| name.extension().is_some_and(|ext| ext == "eml"));
+        names.sort();
+        names
+            .iter()
+            .map(|name| std::fs::read_to_string(name).unwrap())
+            .collect()
+    }
+
+    fn spawn(port: u16, args: &[String], dir: tempfile::TempDir) -> Option<Self> {
         let python = std::env::var_os("MAILCONNECT_TEST_PYTHON").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-tools/bin/python"),
             PathBuf::from,
         );
         let aiosmtpd = python.with_file_name("aiosmtpd");
-        if !require(&python, "the SMTP probe tests")
-            || !require(&aiosmtpd, "the SMTP probe tests (pip install aiosmtpd)")
+        if !require(&python, "the SMTP tests")
+            || !require(&aiosmtpd, "the SMTP tests (pip install aiosmtpd)")
         {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let certificate = TestCertificate::self_signed(dir.path());
-        let port = free_port();
         let log = dir.path().join("smtp.log");
         let mut process = Command::new(python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/smtp_server.py"))
             .arg(port.to_string())
-            .arg(&certificate.cert)
-            .arg(&certificate.key)
-            .arg(match mode {
-                SmtpMode::StartTls => "starttls",
-                SmtpMode::ImplicitTls => "implicit",
-            })
-            .args([USER, PASSWORD])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
