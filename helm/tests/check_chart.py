@@ -983,7 +983,12 @@ def check_docs() -> None:
     with group("docs"):
         chart_readme = (CHART / "README.md").read_text()
         defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-        rows = set(re.findall(r"^\| `([^`]+)` \|", chart_readme, re.MULTILINE))
+        table = chart_readme[chart_readme.index("## Values"):]
+        rows = {
+            name
+            for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE)
+            for name in re.findall(r"`([^`]+)`", cell)
+        }
         missing = [
             name
             for name in leaf_values(defaults)
