@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ use crate::grpc::policy::PolicyLayer;
 use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceServer;
+use crate::grpc::server::{connections, tls_connections};
+use crate::grpc::tls::ReloadingTls;
 use crate::grpc::{AllowlistApi, DirectoryApi, DomainSettingsApi, LIVENESS_SERVICE, proto};
 use crate::probe::Probe;
 use crate::service::allowlist::{AllowlistService, publish_initial_lists};
@@ -52,6 +55,7 @@ pub struct Application {
     database: Database,
     keys: Arc<TokenKeys>,
     server: tonic::transport::Server,
+    tls: Option<ReloadingTls>,
     settings: Settings,
 }
 
@@ -62,6 +66,7 @@ impl Application {
         let url = settings.database.url(&settings.keys.data_dir)?;
         settings.default_data_center()?;
         let server = settings.server.builder()?;
+        let tls = settings.server.tls()?;
         let keys = Arc::new(settings.keys.token_keys()?);
         let database = Database::new(url, settings.database.db_max_connections)?
             .with_read_cache(settings.cache_entries);
@@ -78,6 +83,7 @@ impl Application {
             database,
             keys,
             server,
+            tls,
             settings,
         })
     }
@@ -196,14 +202,29 @@ impl Application {
             .layer(PolicyLayer(DrainWatches::new(watches_end)))
             .layer(PolicyLayer(LoadShed::new(limits.max_concurrent_calls)))
             .layer(PolicyLayer(Gate::new(PENDING_SERVICES, readiness)));
-        let server = server
+        let router = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(guarded!(DirectoryServiceServer, directory))
             .add_service(guarded!(AllowlistServiceServer, allowlist))
-            .add_service(guarded!(DomainSettingsServiceServer, domain_settings))
-            .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
+            .add_service(guarded!(DomainSettingsServiceServer, domain_settings));
+        let lifetime = limits.connection_lifetime();
+        let tls_watch = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.watch(limits.tls_reload_interval));
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls_connections(self.listener, tls, lifetime),
+                    signal,
+                )),
+                None => Box::pin(
+                    router
+                        .serve_with_incoming_shutdown(connections(self.listener, lifetime), signal),
+                ),
+            };
         tokio::pin!(server);
         let served = tokio::select! {
             result = &mut server => result.context("gRPC server failed"),
@@ -222,6 +243,9 @@ impl Application {
         attempts_flusher.stop().await;
         if let Some(health_port) = health_port {
             health_port.abort();
+        }
+        if let Some(tls_watch) = tls_watch {
+            tls_watch.abort();
         }
         served
     }

@@ -570,7 +570,7 @@ def check_defect_4() -> None:
                 "maxRecvMessageSize": 16000000,
                 "maxSendMessageSize": 16000000,
                 "shutdownGraceSeconds": 1000000,
-                "extra": {"MAILCONNECT_CACHE_ENTRIES": 1000000, "MAILCONNECT_PROBE_MAX_BYTES": 25000000},
+                "extra": {"MAILCONNECT_CACHE_ENTRIES": 1000000, "MAILCONNECT_PROBE_RATE_PER_MINUTE": 25000000},
             },
             "migrations": {"activeDeadlineSeconds": 1000000},
             "lifecycle": {"preStopSleepSeconds": 1000000},
@@ -583,7 +583,7 @@ def check_defect_4() -> None:
             "MAILCONNECT_MAX_RECV_MESSAGE_SIZE": "16000000",
             "MAILCONNECT_SHUTDOWN_GRACE": "1000000s",
             "MAILCONNECT_CACHE_ENTRIES": "1000000",
-            "MAILCONNECT_PROBE_MAX_BYTES": "25000000",
+            "MAILCONNECT_PROBE_RATE_PER_MINUTE": "25000000",
         }
         for key, value in expected.items():
             check(f"defect 4: {key} renders as {value}", config.get(key) == value, str(config.get(key)))
