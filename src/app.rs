@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ use crate::grpc::proto::allowlist_service_server::AllowlistServiceServer;
 use crate::grpc::proto::directory_service_server::DirectoryServiceServer;
 use crate::grpc::proto::domain_settings_service_server::DomainSettingsServiceServer;
 use crate::grpc::proto::inbox_connection_service_server::InboxConnectionServiceServer;
+use crate::grpc::server::{connections, tls_connections};
+use crate::grpc::tls::ReloadingTls;
 use crate::grpc::{
     AllowlistApi, DirectoryApi, DomainSettingsApi, InboxConnectionApi, LIVENESS_SERVICE, proto,
 };
@@ -65,6 +68,7 @@ pub struct Application {
     database: Database,
     keys: Arc<TokenKeys>,
     server: tonic::transport::Server,
+    tls: Option<ReloadingTls>,
     settings: Settings,
     clock: Arc<dyn Clock>,
     /// `None` without a configured (or, on the embedded default, created) encryption key.
@@ -80,6 +84,7 @@ impl Application {
         let url = settings.database.url(&settings.keys.data_dir)?;
         settings.default_data_center()?;
         let server = settings.server.builder()?;
+        let tls = settings.server.tls()?;
         let keys = Arc::new(settings.keys.token_keys()?);
         let credential_keys = settings.inbox.keyring(&settings.keys.data_dir, &url)?;
         let relay = settings
@@ -103,6 +108,7 @@ impl Application {
             database,
             keys,
             server,
+            tls,
             settings,
             clock: Arc::new(SystemClock),
             credential_keys,
@@ -255,15 +261,30 @@ impl Application {
             .layer(PolicyLayer(DrainWatches::new(watches_end)))
             .layer(PolicyLayer(LoadShed::new(limits.max_concurrent_calls)))
             .layer(PolicyLayer(Gate::new(readiness)));
-        let server = server
+        let router = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(guarded!(DirectoryServiceServer, directory))
             .add_service(guarded!(AllowlistServiceServer, allowlist))
             .add_service(guarded!(DomainSettingsServiceServer, domain_settings))
-            .add_service(guarded!(InboxConnectionServiceServer, inbox_connections))
-            .serve_with_incoming_shutdown(crate::grpc::server::incoming(self.listener), signal);
+            .add_service(guarded!(InboxConnectionServiceServer, inbox_connections));
+        let lifetime = limits.connection_lifetime();
+        let tls_watch = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.watch(limits.tls_reload_interval));
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls_connections(self.listener, tls, lifetime),
+                    signal,
+                )),
+                None => Box::pin(
+                    router
+                        .serve_with_incoming_shutdown(connections(self.listener, lifetime), signal),
+                ),
+            };
         tokio::pin!(server);
         let served = tokio::select! {
             result = &mut server => result.context("gRPC server failed"),
@@ -285,6 +306,9 @@ impl Application {
         }
         if let Some(health_port) = health_port {
             health_port.abort();
+        }
+        if let Some(tls_watch) = tls_watch {
+            tls_watch.abort();
         }
         served
     }

@@ -369,7 +369,7 @@ pub struct ProbeSettings {
 }
 
 /// A duration that is more than zero.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(interval) if interval.is_zero() => Err("must be more than zero".to_owned()),
         parsed => parsed.map_err(|error| error.to_string()),

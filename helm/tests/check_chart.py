@@ -1,14 +1,20 @@
 """Checks the mailconnect Helm chart offline: strict lint, rendering with the default values and
 with a production-like values file, schema validation of every rendered manifest with
 kubernetes-validate --strict, and assertions on what the manifests say (gRPC probes, hardened
-security context, secrets by reference, the migration hook, the NetworkPolicy's egress).
+security context, secrets by reference, the migration hook, the NetworkPolicy's egress), with one
+group per defect of issue 17 ("defect N: ...") and per convention ("convention: ...").
 
 Run with the project venv: .venv-tools/bin/python helm/tests/check_chart.py
+`--chart DIR` checks another copy of the chart (e.g. an older one, to see which checks it fails).
 Exits non-zero when any check fails.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "mailconnect"
-PRODUCTION = CHART / "ci" / "production-values.yaml"
+README = ROOT / "README.md"
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 MAIL_PORTS = {25, 465, 587, 2525, 143, 993, 443}
@@ -38,12 +44,13 @@ def check(name: str, condition: bool, detail: str = "") -> None:
         print(f"FAIL  {name}{': ' + detail if detail else ''}")
 
 
-def render(values: dict, *, upgrade: bool = False) -> dict[str, list[dict]]:
+def render(
+    values: dict, *, upgrade: bool = False, name: str = "mc", chart: Path | None = None
+) -> dict[str, list[dict]]:
     """Rendered manifests by template file, NOTES.txt kept as text under "NOTES"."""
-    chart = helm.Chart.load(str(CHART))
-    out = chart.render(
+    out = helm.Chart.load(str(chart or CHART)).render(
         values,
-        name="mc",
+        name=name,
         namespace="crm",
         is_install=not upgrade,
         is_upgrade=upgrade,
@@ -59,15 +66,75 @@ def render(values: dict, *, upgrade: bool = False) -> dict[str, list[dict]]:
     return manifests
 
 
+@contextlib.contextmanager
+def group(name: str):
+    """Checks that belong together: an exception inside (a manifest without the field looked at,
+    a render error) fails the group instead of stopping the whole run."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - any error is this group's failure
+        check(f"{name}: ran to the end", False, f"{type(error).__name__}: {error}")
+
+
 def by_kind(manifests: dict[str, list[dict]], kind: str) -> list[dict]:
     return [doc for docs in manifests.values() for doc in docs if doc.get("kind") == kind]
 
 
-def one(manifests: dict[str, list[dict]], kind: str) -> dict:
-    found = by_kind(manifests, kind)
+def one(manifests: dict[str, list[dict]], kind: str, name: str | None = None) -> dict:
+    found = [
+        doc
+        for doc in by_kind(manifests, kind)
+        if name is None or doc["metadata"]["name"] == name
+    ]
     if len(found) != 1:
-        raise AssertionError(f"expected one {kind}, found {len(found)}")
+        raise AssertionError(f"expected one {kind} {name or ''}, found {len(found)}")
     return found[0]
+
+
+def hook_pods(manifests: dict[str, list[dict]]) -> dict[str, dict]:
+    """The migration Job's pod template and the helm test pod, by what they are."""
+    pods = {}
+    for job in by_kind(manifests, "Job"):
+        pods["migration Job pod"] = job["spec"]["template"]
+    for pod in by_kind(manifests, "Pod"):
+        pods["helm test pod"] = pod
+    return pods
+
+
+def server_selectors(manifests: dict[str, list[dict]]) -> dict[str, dict]:
+    """Every label selector that picks the server's pods: the Services, the PodDisruptionBudget,
+    the NetworkPolicy, the Deployment's (which the HorizontalPodAutoscaler uses) and the
+    topology spread constraints."""
+    selectors = {}
+    for service in by_kind(manifests, "Service"):
+        selectors[f"Service {service['metadata']['name']}"] = service["spec"]["selector"]
+    for pdb in by_kind(manifests, "PodDisruptionBudget"):
+        selectors["PodDisruptionBudget"] = pdb["spec"]["selector"]["matchLabels"]
+    policy = one(manifests, "NetworkPolicy", server_name(manifests))
+    selectors["NetworkPolicy"] = policy["spec"]["podSelector"]["matchLabels"]
+    deployment = one(manifests, "Deployment")
+    selectors["Deployment/HPA"] = deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]["spec"]
+    for index, spread in enumerate(pod.get("topologySpreadConstraints", [])):
+        selectors[f"topology spread {index}"] = spread["labelSelector"]["matchLabels"]
+    return selectors
+
+
+def server_name(manifests: dict[str, list[dict]]) -> str:
+    return one(manifests, "Deployment")["metadata"]["name"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def millis(duration: str) -> float:
+    """A duration as the chart's schema allows it (30s, 5m, 1h30m, 500ms) in milliseconds."""
+    units = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6, "d": 8.64e7}
+    parts = re.findall(r"([0-9]+)(ns|us|ms|s|m|h|d)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return sum(int(number) * units[unit] for number, unit in parts)
 
 
 def validate_schemas(label: str, manifests: dict[str, list[dict]]) -> None:
@@ -89,6 +156,7 @@ def validate_schemas(label: str, manifests: dict[str, list[dict]]) -> None:
                 result.returncode == 0,
                 result.stdout + result.stderr,
             )
+
 
 
 def check_hardened_pod(label: str, pod: dict) -> None:
@@ -131,6 +199,7 @@ def secret_refs(container: dict) -> dict[str, dict]:
 
 
 def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) -> None:
+    """What every release must be, whatever its values."""
     validate_schemas(label, manifests)
     deployment = one(manifests, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -156,27 +225,29 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
         liveness["grpc"]["port"] == expected_port and readiness["grpc"]["port"] == expected_port,
     )
 
-    # Shutdown: preStop sleep, then a grace period longer than sleep + drain.
+    # Shutdown: preStop sleep, then a grace period longer than sleep + drain, and a drain at least
+    # as long as the longest call (defect 6).
     config = one(manifests, "ConfigMap")["data"]
-    sleep = server.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
+    sleep = server.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     drain = int(config["MAILCONNECT_SHUTDOWN_GRACE"].rstrip("s"))
     check(f"{label}: preStop sleeps", isinstance(sleep, int) and sleep > 0)
     check(
         f"{label}: termination grace {pod.get('terminationGracePeriodSeconds')}s > "
         f"preStop {sleep}s + drain {drain}s",
-        pod.get("terminationGracePeriodSeconds", 0) > (sleep or 0) + drain,
+        pod.get("terminationGracePeriodSeconds", 0) > sleep + drain,
+    )
+    check(
+        f"defect 6, {label}: drain {drain}s >= request timeout "
+        f"{config['MAILCONNECT_REQUEST_TIMEOUT']}",
+        drain * 1000 >= millis(config["MAILCONNECT_REQUEST_TIMEOUT"]),
     )
 
     # Secrets: by reference only, never in the ConfigMap.
     refs = secret_refs(server)
-    expected_secret = values.get("secrets", {}).get("existingSecret") or "mc-mailconnect"
+    expected_secret = values.get("secrets", {}).get("existingSecret") or "mc-mailconnect-chart-secret"
     check(
         f"{label}: database URL from Secret {expected_secret}",
         refs.get("MAILCONNECT_DATABASE_URL", {}).get("name") == expected_secret,
-    )
-    check(
-        f"{label}: encryption keys from the Secret",
-        refs.get("MAILCONNECT_ENCRYPTION_KEYS", {}).get("name") == expected_secret,
     )
     shared = not values.get("jwt", {}).get("disableSharedSecret", False)
     check(
@@ -226,12 +297,9 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
     )
 
     # Service.
-    service = one(manifests, "Service")
+    service = one(manifests, "Service", server_name(manifests))
     port = service["spec"]["ports"][0]
-    check(
-        f"{label}: Service port named grpc with appProtocol",
-        port.get("name") == "grpc" and port.get("appProtocol") == "grpc",
-    )
+    check(f"{label}: Service port named grpc", port.get("name") == "grpc")
 
     # Scaling and disruption.
     hpa = one(manifests, "HorizontalPodAutoscaler")
@@ -244,7 +312,7 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
     check(f"{label}: ServiceAccount", len(by_kind(manifests, "ServiceAccount")) == 1)
 
     # NetworkPolicy: ingress to gRPC; egress only DNS, Postgres, mail ports and the collector.
-    policy = one(manifests, "NetworkPolicy")["spec"]
+    policy = one(manifests, "NetworkPolicy", server_name(manifests))["spec"]
     check(
         f"{label}: NetworkPolicy covers ingress and egress",
         set(policy["policyTypes"]) == {"Ingress", "Egress"},
@@ -275,77 +343,747 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
         "port-forward" in notes and "grpcurl" in notes,
     )
 
+    # Per defect of issue 17, for every release.
+    with group(f"defect 2, {label}"):
+        for pod_name, hook_pod in hook_pods(manifests).items():
+            labels = hook_pod["metadata"]["labels"]
+            for selector_name, selector in server_selectors(manifests).items():
+                check(
+                    f"defect 2, {label}: the {pod_name} is not selected by the {selector_name}",
+                    not selects(selector, labels),
+                    f"{selector} matches {labels}",
+                )
+        check(
+            f"defect 2, {label}: the server pods are selected by all of them",
+            all(
+                selects(selector, deployment["spec"]["template"]["metadata"]["labels"])
+                for selector in server_selectors(manifests).values()
+            ),
+        )
+    with group(f"defect 9, {label}"):
+        pdb = one(manifests, "PodDisruptionBudget")
+        check(
+            f"defect 9, {label}: PodDisruptionBudget evicts unhealthy pods (AlwaysAllow)",
+            pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+        )
+    with group(f"defect 10, {label}"):
+        check(
+            f"defect 10, {label}: migration deadline {job['spec']['activeDeadlineSeconds']}s "
+            "< Helm's default 5m timeout",
+            job["spec"]["activeDeadlineSeconds"] < 300,
+        )
+    with group(f"defect 12, {label}"):
+        mail_rule = next(
+            rule for rule in policy["egress"] if any(p["port"] == 993 for p in rule["ports"])
+        )
+        cidrs = {peer["ipBlock"]["cidr"] for peer in mail_rule.get("to", []) if "ipBlock" in peer}
+        check(
+            f"defect 12, {label}: mail egress reaches public IPv4 and IPv6",
+            {"0.0.0.0/0", "::/0"} <= cidrs,
+            str(cidrs),
+        )
+        v6 = next(p["ipBlock"] for p in mail_rule["to"] if p.get("ipBlock", {}).get("cidr") == "::/0")
+        check(
+            f"defect 12, {label}: IPv6 mail egress leaves out private and link-local ranges",
+            {"fc00::/7", "fe80::/10"} <= set(v6.get("except", [])),
+        )
+        open_rules = [
+            rule
+            for rule in policy["ingress"]
+            if any(p.get("port") in ("health", 50052) for p in rule["ports"]) and not rule.get("from")
+        ]
+        check(
+            f"defect 12, {label}: the health-only port is not open to every pod",
+            open_rules == [],
+            str(open_rules),
+        )
+        app_protocol = port.get("appProtocol")
+        check(
+            f"defect 12, {label}: Service appProtocol {app_protocol!r} fits "
+            f"{'TLS' if tls else 'cleartext gRPC'}",
+            app_protocol == ("tls" if tls else "grpc"),
+        )
+        keys_ref = refs.get("MAILCONNECT_ENCRYPTION_KEYS")
+        has_keys = bool(
+            values.get("secrets", {}).get("existingSecret")
+            or values.get("secrets", {}).get("encryptionKeys")
+        )
+        check(
+            f"defect 12, {label}: encryption keys "
+            f"{'required from the Secret' if has_keys else 'not configured (none given)'}",
+            (keys_ref is not None and keys_ref.get("name") == expected_secret and not keys_ref.get("optional"))
+            if has_keys
+            else keys_ref is None,
+            str(keys_ref),
+        )
 
-def expect_render_error(label: str, values: dict, message: str) -> None:
+
+def expect_render_error(label: str, values: dict, message: str, chart: Path | None = None) -> None:
     try:
-        render(values)
+        render(values, chart=chart)
     except helm.HelmError as error:
         check(label, message in str(error), str(error))
     else:
         check(label, False, "rendered without error")
 
 
+def chart_with_template(tmp: Path, text: str) -> Path:
+    """A copy of the chart with one more template: how the checks call the chart's helpers with
+    cluster objects that offline rendering cannot look up."""
+    copy = tmp / f"chart-{len(list(tmp.iterdir()))}"
+    shutil.copytree(CHART, copy)
+    (copy / "templates" / "zz-check.yaml").write_text(text)
+    return copy
+
+
+def secret_object(labels: dict, annotations: dict | None = None, jwt: str | None = None) -> str:
+    """A Secret as `lookup` returns it, as a Go template raw string for fromJson."""
+    import base64
+    import json
+
+    data = {"jwt-secret": base64.b64encode(jwt.encode()).decode()} if jwt else {}
+    secret = {
+        "metadata": {"name": "mc-mailconnect-chart-secret", "labels": labels,
+                     "annotations": annotations or {}},
+        "data": data,
+    }
+    return "`" + json.dumps(secret) + "`"
+
+
+def check_defect_1(tmp: Path) -> None:
+    """The chart's Secret has a name of its own and refuses to replace a Secret it did not make."""
+    with group("defect 1"):
+        readme_release = render({}, name="mailconnect")
+        names = [doc["metadata"]["name"] for doc in by_kind(readme_release, "Secret")]
+        check(
+            "defect 1: release mailconnect's own Secret is not the README's hand-made "
+            f"Secret mailconnect ({names})",
+            "mailconnect" not in names and len(names) == 1,
+        )
+        secret = by_kind(readme_release, "Secret")[0]
+        check(
+            "defect 1: the chart's Secret carries the mark of its maker",
+            secret["metadata"]["labels"].get("app.kubernetes.io/component") == "chart-secret"
+            and secret["metadata"]["labels"].get("app.kubernetes.io/instance") == "mailconnect",
+        )
+        template = (CHART / "templates" / "secret.yaml").read_text()
+        check(
+            "defect 1: secret.yaml checks the Secret it looks up under its own name",
+            re.search(r'\$existing := lookup "v1" "Secret" \.Release\.Namespace \$name', template)
+            is not None
+            and 'include "mailconnect.chartSecretCheckOwner" (dict "ctx" . "existing" $existing)'
+            in template,
+        )
+    own = {"app.kubernetes.io/instance": "mc", "app.kubernetes.io/component": "chart-secret"}
+    for case, labels in [
+        ("a hand-made Secret (no labels)", {}),
+        ("another release's Secret", {**own, "app.kubernetes.io/instance": "other"}),
+        ("a Secret of this release without the chart's mark", {"app.kubernetes.io/instance": "mc"}),
+    ]:
+        with group(f"defect 1: {case}"):
+            chart = chart_with_template(
+                tmp,
+                '{{- include "mailconnect.chartSecretCheckOwner" '
+                f'(dict "ctx" . "existing" (fromJson {secret_object(labels)})) }}}}\n',
+            )
+            expect_render_error(
+                f"defect 1: refuses to replace {case}", {}, "this release's chart did not create it", chart
+            )
+    jwt_cases = [
+        ("keeps the JWT secret of its own Secret", {}, secret_object(own, jwt="kept"), "`{}`", "kept"),
+        ("a JWT secret in values wins", {"secrets": {"jwtSecret": "given"}},
+         secret_object(own, jwt="kept"), "`{}`", "given"),
+        ("keeps the JWT secret chart 0.1 made for this release",
+         {}, "`{}`",
+         secret_object({"app.kubernetes.io/instance": "mc", "helm.sh/chart": "mailconnect-0.1.0"},
+                       {"helm.sh/hook": "pre-install,pre-upgrade"}, jwt="legacy"), "legacy"),
+    ]
+    for case, values, existing, legacy, expected in jwt_cases:
+        with group(f"defect 1: {case}"):
+            chart = chart_with_template(
+                tmp,
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: zz-check\ndata:\n"
+                '  jwt: {{ include "mailconnect.chartSecretCheckOwner" '
+                f'(dict "ctx" . "existing" (fromJson {existing})) }}}}'
+                '{{ include "mailconnect.chartSecretJwt" '
+                f'(dict "ctx" . "existing" (fromJson {existing}) "legacy" (fromJson {legacy})) | quote }}}}\n',
+            )
+            data = one(render(values, chart=chart), "ConfigMap", "zz-check")["data"]
+            check(f"defect 1: {case}", data["jwt"] == expected, data["jwt"])
+    with group("defect 1: a hand-made Secret named like chart 0.1's is never read"):
+        hand_made = secret_object({"team": "crm"}, jwt="hand-made")
+        chart = chart_with_template(
+            tmp,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: zz-check\ndata:\n"
+            '  jwt: {{ include "mailconnect.chartSecretJwt" '
+            f'(dict "ctx" . "existing" (dict) "legacy" (fromJson {hand_made})) | quote }}}}\n',
+        )
+        jwt = one(render({}, chart=chart), "ConfigMap", "zz-check")["data"]["jwt"]
+        check(
+            "defect 1: a hand-made Secret named like chart 0.1's is never read",
+            jwt != "hand-made" and len(jwt) == 48,
+            jwt,
+        )
+
+
+def pod_annotations(manifests: dict[str, list[dict]]) -> dict:
+    return one(manifests, "Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def check_defect_3() -> None:
+    with group("defect 3"):
+        first, second = pod_annotations(render({})), pod_annotations(render({}))
+        check("defect 3: pods carry checksum/secret", "checksum/secret" in first)
+        check(
+            "defect 3: a generated JWT secret does not change checksum/secret from one render to "
+            "the next (helm template, GitOps)",
+            first.get("checksum/secret") == second.get("checksum/secret"),
+        )
+        for name, values in [
+            ("database URL", {"secrets": {"databaseUrl": "postgres://other@db:5432/mc"}}),
+            ("JWT secret", {"secrets": {"jwtSecret": "a-secret-of-my-own"}}),
+            ("encryption keys", {"secrets": {"encryptionKeys": "k1:AAAA"}}),
+        ]:
+            changed = pod_annotations(render(values))
+            check(
+                f"defect 3: a new {name} rolls the pods (checksum/secret changes)",
+                changed.get("checksum/secret") not in (None, first.get("checksum/secret")),
+            )
+        existing = pod_annotations(render({"secrets": {"existingSecret": "mailconnect"}}))
+        check("defect 3: checksum/secret with an existing Secret too", "checksum/secret" in existing)
+        notes = render({})["NOTES"][0]["text"]
+        check(
+            "defect 3: NOTES warn that a generated JWT secret does not survive GitOps renders",
+            "existingSecret" in notes and "GitOps" in notes,
+        )
+        notes = render({"secrets": {"existingSecret": "mailconnect"}})["NOTES"][0]["text"]
+        check("defect 3: no such warning with an existing Secret", "GitOps" not in notes)
+
+
+def check_defect_4() -> None:
+    with group("defect 4"):
+        # Values that chart 0.1 took too, so running this against it shows the 1e+06.
+        big = {
+            "config": {
+                "maxConcurrentCalls": 1000000,
+                "maxConcurrentCallsPerConnection": 2000000,
+                "maxRecvMessageSize": 16000000,
+                "maxSendMessageSize": 16000000,
+                "shutdownGraceSeconds": 1000000,
+                "extra": {"MAILCONNECT_CACHE_ENTRIES": 1000000, "MAILCONNECT_PROBE_RATE_PER_MINUTE": 25000000},
+            },
+            "migrations": {"activeDeadlineSeconds": 1000000},
+            "lifecycle": {"preStopSleepSeconds": 1000000},
+        }
+        manifests = render(big)
+        config = one(manifests, "ConfigMap")["data"]
+        expected = {
+            "MAILCONNECT_MAX_CONCURRENT_CALLS": "1000000",
+            "MAILCONNECT_MAX_CONCURRENT_CALLS_PER_CONNECTION": "2000000",
+            "MAILCONNECT_MAX_RECV_MESSAGE_SIZE": "16000000",
+            "MAILCONNECT_SHUTDOWN_GRACE": "1000000s",
+            "MAILCONNECT_CACHE_ENTRIES": "1000000",
+            "MAILCONNECT_PROBE_RATE_PER_MINUTE": "25000000",
+        }
+        for key, value in expected.items():
+            check(f"defect 4: {key} renders as {value}", config.get(key) == value, str(config.get(key)))
+        text = yaml.safe_dump_all([doc for name, docs in manifests.items() if name != "NOTES" for doc in docs])
+        check("defect 4: no number anywhere renders as 1e+06", "e+0" not in text)
+        pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+        check(
+            "defect 4: terminationGracePeriodSeconds and the preStop sleep as integers",
+            pod["terminationGracePeriodSeconds"] == 2000010
+            and pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 1000000,
+        )
+        check(
+            "defect 4: the Job's deadline as an integer",
+            one(manifests, "Job")["spec"]["activeDeadlineSeconds"] == 1000000,
+        )
+        pool = render({"config": {"dbMaxConnections": 1000000}, "database": {"maxConnections": 0}})
+        check(
+            "defect 4: MAILCONNECT_DB_MAX_CONNECTIONS renders as 1000000",
+            one(pool, "ConfigMap")["data"].get("MAILCONNECT_DB_MAX_CONNECTIONS") == "1000000",
+        )
+        expect_render_error(
+            "defect 4: a fraction in config.extra is refused (quote it)",
+            {"config": {"extra": {"MAILCONNECT_X": 1.5}}},
+            "MAILCONNECT_X",
+        )
+
+
+def check_defect_5() -> None:
+    with group("defect 5"):
+        manifests = render({"lifecycle": {"preStopSleepSeconds": 0}})
+        validate_schemas("defect 5: preStopSleepSeconds 0", manifests)
+        pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+        check(
+            "defect 5: preStopSleepSeconds 0 leaves preStop out (Kubernetes 1.30-1.32 refuse a zero sleep)",
+            "preStop" not in pod["containers"][0].get("lifecycle", {}),
+        )
+        check(
+            "defect 5: the termination grace still covers the drain",
+            pod["terminationGracePeriodSeconds"] == 30 + 10,
+        )
+
+
+def check_defect_6() -> None:
+    with group("defect 6"):
+        expect_render_error(
+            "defect 6: a drain shorter than the request timeout is refused",
+            {"config": {"shutdownGraceSeconds": 20, "requestTimeout": "30s"}},
+            "config.shutdownGraceSeconds (20s) must be at least config.requestTimeout (30s)",
+        )
+        expect_render_error(
+            "defect 6: compound durations are compared too (1m30s > 60s)",
+            {"config": {"shutdownGraceSeconds": 60, "requestTimeout": "1m30s", "maxConnectionAgeGrace": "2m"}},
+            "config.shutdownGraceSeconds (60s)",
+        )
+        render({"config": {"shutdownGraceSeconds": 20, "requestTimeout": "20s"}})
+        check("defect 6: a drain as long as the request timeout is accepted", True)
+
+
+def check_defect_7() -> None:
+    with group("defect 7"):
+        manifests = render({})
+        config = one(manifests, "ConfigMap")["data"]
+        age = millis(config["MAILCONNECT_MAX_CONNECTION_AGE"])
+        check(
+            f"defect 7: connections age out within minutes ({config['MAILCONNECT_MAX_CONNECTION_AGE']})",
+            60_000 <= age <= 600_000,
+        )
+        grace = config.get("MAILCONNECT_MAX_CONNECTION_AGE_GRACE")
+        check(
+            f"defect 7: a connection age grace ({grace}) at least the request timeout",
+            grace is not None and millis(grace) >= millis(config["MAILCONNECT_REQUEST_TIMEOUT"]),
+        )
+        headless = one(manifests, "Service", "mc-mailconnect-headless")
+        service = one(manifests, "Service", "mc-mailconnect")
+        check(
+            "defect 7: a headless Service over the same pods and port",
+            headless["spec"].get("clusterIP") == "None"
+            and headless["spec"]["selector"] == service["spec"]["selector"]
+            and headless["spec"]["ports"][0]["targetPort"] == "grpc",
+        )
+        check(
+            "defect 7: the headless Service can be turned off",
+            len(by_kind(render({"service": {"headless": {"enabled": False}}}), "Service")) == 1,
+        )
+        expect_render_error(
+            "defect 7: a connection age grace shorter than the request timeout is refused",
+            {"config": {"maxConnectionAgeGrace": "10s"}},
+            "config.maxConnectionAgeGrace (10s) must be at least config.requestTimeout (30s)",
+        )
+
+
+def peak_connections(manifests: dict[str, list[dict]]) -> tuple[int, int]:
+    """(peak connections the release opens, its pool size): (max pods + 25% surge) × pool + 1."""
+    config = one(manifests, "ConfigMap")["data"]
+    pool = int(config["MAILCONNECT_DB_MAX_CONNECTIONS"])
+    hpa = by_kind(manifests, "HorizontalPodAutoscaler")
+    pods = hpa[0]["spec"]["maxReplicas"] if hpa else one(manifests, "Deployment")["spec"]["replicas"]
+    return (pods + -(-pods // 4)) * pool + 1, pool
+
+
+def check_defect_8(production: dict) -> None:
+    with group("defect 8"):
+        for label, values in [("defaults", {}), ("production", production)]:
+            peak, pool = peak_connections(render(values))
+            budget = values.get("database", {}).get("maxConnections", 100)
+            check(
+                f"defect 8, {label}: pool {pool} set by the chart; peak {peak} connections "
+                f"<= database.maxConnections {budget}",
+                peak <= budget,
+            )
+        expect_render_error(
+            "defect 8: 10 replicas (+ surge) × a pool of 32 against Postgres' default 100 is refused",
+            {"config": {"dbMaxConnections": 32}},
+            "more than database.maxConnections 100",
+        )
+        expect_render_error(
+            "defect 8: fixed replicas count too",
+            {"autoscaling": {"enabled": False}, "replicaCount": 30},
+            "38 pods at most",
+        )
+        render({"config": {"dbMaxConnections": 32}, "database": {"maxConnections": 0}})
+        check("defect 8: database.maxConnections 0 turns the check off", True)
+
+
+def check_defect_10(tmp: Path) -> None:
+    with group("defect 10"):
+        values = {
+            "migrations": {
+                "nodeSelector": {"pool": "batch"},
+                "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+                "priorityClassName": "batch-low",
+                "podAnnotations": {"sidecar.istio.io/inject": "false"},
+                "podLabels": {"team": "crm"},
+                "serviceAccount": {"create": True, "annotations": {
+                    "iam.gke.io/gcp-service-account": "mc@project.iam.gserviceaccount.com"}},
+            }
+        }
+        manifests = render(values)
+        validate_schemas("defect 10: migration Job options", manifests)
+        job = one(manifests, "Job")
+        pod = job["spec"]["template"]
+        spec = pod["spec"]
+        migrations = values["migrations"]
+        check("defect 10: Job nodeSelector", spec.get("nodeSelector") == migrations["nodeSelector"])
+        check("defect 10: Job tolerations", spec.get("tolerations") == migrations["tolerations"])
+        check("defect 10: Job affinity", spec.get("affinity") == migrations["affinity"])
+        check("defect 10: Job priorityClassName", spec.get("priorityClassName") == "batch-low")
+        check(
+            "defect 10: Job pod annotations (a mesh sidecar kept out)",
+            pod["metadata"].get("annotations") == migrations["podAnnotations"],
+        )
+        check("defect 10: Job pod labels", pod["metadata"]["labels"].get("team") == "crm")
+        accounts = {sa["metadata"]["name"]: sa for sa in by_kind(manifests, "ServiceAccount")}
+        account = accounts.get("mc-mailconnect-migrate", {})
+        check(
+            "defect 10: the Job runs as a ServiceAccount of its own, with its annotations",
+            spec.get("serviceAccountName") == "mc-mailconnect-migrate"
+            and account.get("metadata", {}).get("annotations", {}).get("iam.gke.io/gcp-service-account")
+            == "mc@project.iam.gserviceaccount.com",
+        )
+        annotations = account.get("metadata", {}).get("annotations", {})
+        check(
+            "defect 10: that ServiceAccount is a hook created before the Job",
+            annotations.get("helm.sh/hook") == "pre-install,pre-upgrade"
+            and int(annotations.get("helm.sh/hook-weight", "0")) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"]),
+        )
+        inherited = one(render({"nodeSelector": {"pool": "mail"}, "tolerations": [
+            {"key": "mail", "operator": "Exists"}], "priorityClassName": "high"}), "Job")["spec"]["template"]["spec"]
+        check(
+            "defect 10: unset, the Job follows the server's nodeSelector, tolerations, priorityClassName",
+            inherited.get("nodeSelector") == {"pool": "mail"}
+            and inherited.get("tolerations") == [{"key": "mail", "operator": "Exists"}]
+            and inherited.get("priorityClassName") == "high",
+        )
+        existing = one(render({"migrations": {"serviceAccount": {"name": "db-migrator"}}}), "Job")
+        check(
+            "defect 10: or an existing ServiceAccount",
+            existing["spec"]["template"]["spec"].get("serviceAccountName") == "db-migrator",
+        )
+
+
+def check_defect_11() -> None:
+    with group("defect 11"):
+        values = {
+            "tls": {"enabled": True, "secretName": "mc-tls", "mutual": True,
+                    "clientCa": {"secretName": "mc-client-ca"}},
+            "tests": {"tls": {"clientSecretName": "mc-test-client"}},
+        }
+        manifests = render(values)
+        validate_schemas("defect 11: mutual TLS", manifests)
+        config = one(manifests, "ConfigMap")["data"]
+        pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {mount["name"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+        ca = config.get("MAILCONNECT_TLS_CLIENT_CA", "")
+        ca_volume = next(
+            (name for name, mount in mounts.items() if ca.startswith(mount["mountPath"] + "/")), None
+        )
+        check(
+            f"defect 11: the client CA ({ca}) comes from a Secret of its own, not the serving certificate's",
+            ca_volume is not None
+            and volumes[ca_volume].get("secret", {}).get("secretName") == "mc-client-ca",
+        )
+        check(
+            "defect 11: certificate files are mounted as directories (no subPath), so renewals reach the pod",
+            all("subPath" not in mount for mount in mounts.values()),
+        )
+        check(
+            "defect 11: the server is told how often to reload them",
+            config.get("MAILCONNECT_TLS_RELOAD_INTERVAL") == "10s",
+        )
+        expect_render_error(
+            "defect 11: mutual TLS without a client CA Secret is refused",
+            {"tls": {"enabled": True, "secretName": "mc-tls", "mutual": True}, "tests": {"enabled": False}},
+            "tls.clientCa.secretName",
+        )
+
+
+def check_defect_12() -> None:
+    with group("defect 12"):
+        values = {"tls": {"enabled": True, "secretName": "mc-tls"}}
+        manifests = render(values)
+        validate_schemas("defect 12: TLS without mutual", manifests)
+        check_release("TLS", values, manifests)
+        monitor = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        policy = one(
+            render({**values, "networkPolicy": {"healthFrom": monitor}}), "NetworkPolicy", "mc-mailconnect"
+        )["spec"]
+        rules = [r for r in policy["ingress"] if any(p["port"] == "health" for p in r["ports"])]
+        check(
+            "defect 12: networkPolicy.healthFrom opens the health port to those peers only",
+            len(rules) == 1 and rules[0].get("from") == monitor,
+        )
+        check(
+            "defect 12: service.appProtocol overrides the default",
+            one(render({"service": {"appProtocol": "kubernetes.io/h2c"}}), "Service", "mc-mailconnect")[
+                "spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c",
+        )
+
+
+def check_conventions() -> None:
+    with group("convention: topology spread"):
+        manifests = render({})
+        deployment = one(manifests, "Deployment")
+        pod = deployment["spec"]["template"]
+        spreads = pod["spec"].get("topologySpreadConstraints", [])
+        check(
+            "convention: replicas spread over nodes and zones by default",
+            {s["topologyKey"] for s in spreads} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+            and all(s["whenUnsatisfiable"] == "ScheduleAnyway" for s in spreads)
+            and all(selects(s["labelSelector"]["matchLabels"], pod["metadata"]["labels"]) for s in spreads),
+        )
+        off = one(render({"defaultTopologySpread": False}), "Deployment")["spec"]["template"]["spec"]
+        check("convention: the default spread can be turned off", "topologySpreadConstraints" not in off)
+    with group("convention: security contexts"):
+        openshift = {
+            "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+            "securityContext": {"runAsUser": None, "runAsGroup": None},
+        }
+        manifests = render(openshift)
+        validate_schemas("convention: OpenShift restricted-v2 security contexts", manifests)
+        pods = {"server": one(manifests, "Deployment")["spec"]["template"]["spec"]} | {
+            name: spec["spec"] for name, spec in hook_pods(manifests).items()
+        }
+        for name, pod in pods.items():
+            contexts = [pod.get("securityContext", {})] + [c.get("securityContext", {}) for c in pod["containers"]]
+            check(
+                f"convention: {name} without fixed user, group or fsGroup (OpenShift assigns them)",
+                not any(key in context for context in contexts for key in ("runAsUser", "runAsGroup", "fsGroup")),
+            )
+            check_hardened_pod(f"convention: {name} (OpenShift)", pod)
+    with group("convention: extra env, volumes, containers"):
+        values = {
+            "extraEnv": [{"name": "RUST_LOG", "value": "info,mailconnect=debug"}],
+            "extraEnvFrom": [{"configMapRef": {"name": "proxy-settings"}}],
+            "extraVolumes": [{"name": "pg-ca", "secret": {"secretName": "pg-ca"}}],
+            "extraVolumeMounts": [{"name": "pg-ca", "mountPath": "/etc/pg-ca", "readOnly": True}],
+            "initContainers": [{"name": "wait", "image": "busybox:1.36", "command": ["true"]}],
+            "sidecars": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31.0"}],
+            "config": {"extra": {"RUST_LOG": "warn"}},
+            "image": {"digest": "sha256:" + "a" * 64},
+            "commonLabels": {"team": "crm", "cost-center": "mail"},
+            "autoscaling": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}},
+        }
+        manifests = render(values)
+        validate_schemas("convention: extras", manifests)
+        pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+        server = pod["containers"][0]
+        check(
+            "convention: extraEnv (RUST_LOG) on the server",
+            {"name": "RUST_LOG", "value": "info,mailconnect=debug"} in server["env"],
+        )
+        check("convention: extraEnvFrom", {"configMapRef": {"name": "proxy-settings"}} in server["envFrom"])
+        check("convention: extraVolumes", any(v["name"] == "pg-ca" for v in pod["volumes"]))
+        check("convention: extraVolumeMounts", any(m["name"] == "pg-ca" for m in server["volumeMounts"]))
+        check("convention: initContainers", [c["name"] for c in pod.get("initContainers", [])] == ["wait"])
+        check("convention: sidecars", [c["name"] for c in pod["containers"]] == ["mailconnect", "proxy"])
+        job = one(manifests, "Job")["spec"]["template"]["spec"]
+        migrate = job["containers"][0]
+        check(
+            "convention: the migration Job gets extraEnv, extraEnvFrom and the extra volumes too",
+            {"name": "RUST_LOG", "value": "info,mailconnect=debug"} in migrate["env"]
+            and {"configMapRef": {"name": "proxy-settings"}} in migrate.get("envFrom", [])
+            and any(m["name"] == "pg-ca" for m in migrate["volumeMounts"])
+            and any(v["name"] == "pg-ca" for v in job["volumes"]),
+        )
+        check(
+            "convention: config.extra takes RUST_LOG",
+            one(manifests, "ConfigMap")["data"].get("RUST_LOG") == "warn",
+        )
+        check(
+            "convention: image.digest pins the image",
+            server["image"] == "ghcr.io/mailconnect/mailconnect:0.1.0@sha256:" + "a" * 64,
+        )
+        unlabelled = [
+            f"{doc['kind']}/{doc['metadata']['name']}"
+            for docs in manifests.values()
+            for doc in docs
+            if "kind" in doc and doc["metadata"].get("labels", {}).get("team") != "crm"
+        ]
+        check("convention: commonLabels on every resource", unlabelled == [], str(unlabelled))
+        check(
+            "convention: commonLabels on the pods",
+            one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"].get("cost-center") == "mail",
+        )
+        check(
+            "convention: HPA behavior",
+            one(manifests, "HorizontalPodAutoscaler")["spec"].get("behavior")
+            == {"scaleDown": {"stabilizationWindowSeconds": 600}},
+        )
+        expect_render_error(
+            "convention: commonLabels never replace the chart's selector labels",
+            {"commonLabels": {"app.kubernetes.io/name": "other"}},
+            "invalid propertyName 'app.kubernetes.io/name'",
+        )
+    with group("convention: helm test"):
+        for label, values in [
+            ("cleartext", {}),
+            ("TLS", {"tls": {"enabled": True, "secretName": "mc-tls"}}),
+            ("mutual TLS", {"tls": {"enabled": True, "secretName": "mc-tls", "mutual": True,
+                                    "clientCa": {"secretName": "mc-client-ca"}},
+                            "tests": {"tls": {"clientSecretName": "mc-test-client"}}}),
+        ]:
+            manifests = render(values)
+            service = one(manifests, "Service", "mc-mailconnect")
+            pod = one(manifests, "Pod")
+            args = pod["spec"]["containers"][0]["args"]
+            check(
+                f"convention: helm test pod ({label}) is a test hook calling the Service",
+                pod["metadata"]["annotations"].get("helm.sh/hook") == "test"
+                and f"-addr=mc-mailconnect.crm.svc:{service['spec']['ports'][0]['port']}" in args
+                and "grpc-health-probe" in pod["spec"]["containers"][0]["image"],
+            )
+            check(
+                f"convention: helm test pod ({label}) speaks {'TLS' if values else 'cleartext'}",
+                ("-tls" in args) == bool(values)
+                and any(a.startswith("-tls-client-cert=") for a in args) == ("mutual" in label),
+            )
+            check_hardened_pod(f"convention: helm test pod ({label})", pod["spec"])
+        expect_render_error(
+            "convention: helm test with mutual TLS needs a client certificate",
+            {"tls": {"enabled": True, "secretName": "mc-tls", "mutual": True,
+                     "clientCa": {"secretName": "mc-client-ca"}}},
+            "tests.tls.clientSecretName",
+        )
+        policy = one(render({"networkPolicy": {"ingressFrom": [{"podSelector": {"matchLabels": {"role": "crm"}}}]}}),
+                     "NetworkPolicy", "mc-mailconnect")["spec"]
+        test_labels = one(render({}), "Pod")["metadata"]["labels"]
+        check(
+            "convention: a restricted NetworkPolicy still lets the helm test pod call",
+            any(
+                "podSelector" in peer and selects(peer["podSelector"]["matchLabels"], test_labels)
+                for rule in policy["ingress"]
+                for peer in rule.get("from", [])
+            ),
+        )
+        check("convention: tests can be turned off", by_kind(render({"tests": {"enabled": False}}), "Pod") == [])
+
+
+def leaf_values(values: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the values a user sets: nested maps are walked, lists and free-form maps
+    (empty by default) are leaves."""
+    names = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("requests", "limits", "extra"):
+            names += leaf_values(value, name + ".")
+        else:
+            names.append(name)
+    return names
+
+
+def check_docs() -> None:
+    with group("docs"):
+        chart_readme = (CHART / "README.md").read_text()
+        defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+        table = chart_readme[chart_readme.index("## Values"):]
+        rows = {
+            name
+            for cell in re.findall(r"^\| ([^|]+) \|", table, re.MULTILINE)
+            for name in re.findall(r"`([^`]+)`", cell)
+        }
+        missing = [
+            name
+            for name in leaf_values(defaults)
+            if name not in rows and not any(name.startswith(row + ".") for row in rows)
+        ]
+        check("docs: the chart README has a row for every value", missing == [], str(missing))
+        unknown = [row for row in rows if not any(
+            name == row or name.startswith(row + ".") for name in leaf_values(defaults))]
+        check("docs: every row of the chart README is a value", unknown == [], str(unknown))
+        readme = README.read_text()
+        deploy = readme[readme.index("## Deploying on Kubernetes"):]
+        deploy = deploy[: deploy.index("\n## ", 3)]
+        check(
+            "docs: README says metrics are pushed over OTLP, so no ServiceMonitor",
+            "OTLP" in deploy and "ServiceMonitor" in deploy,
+        )
+        check(
+            "docs: README gives the replicas × pool ≤ max_connections rule",
+            "max_connections" in deploy and "database.maxConnections" in deploy,
+        )
+        check(
+            "docs: README warns GitOps users about the generated JWT secret",
+            "GitOps" in deploy and "existingSecret" in deploy,
+        )
+        check(
+            "docs: README's secret creation commands name the Secret the chart never replaces",
+            "create secret generic mailconnect" in deploy
+            and "secrets.existingSecret=mailconnect" in deploy,
+        )
+
+
 def main() -> int:
+    global CHART
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chart", type=Path, default=CHART, help="chart directory to check")
+    CHART = parser.parse_args().chart.resolve()
+    production = yaml.safe_load((CHART / "ci" / "production-values.yaml").read_text())
+
     lint = helm.lint(str(CHART), strict=True)
     check("lint --strict (defaults): no errors", not lint["errors"], str(lint))
-    production = yaml.safe_load(PRODUCTION.read_text())
     lint = helm.lint(str(CHART), production, strict=True)
     check("lint --strict (production values): no errors", not lint["errors"], str(lint))
 
-    defaults = render({})
-    check_release("defaults", {}, defaults)
-    check_release("production", production, render(production))
-    check(
-        "defaults: the pool size is the server's own (twice the container's CPUs)",
-        "MAILCONNECT_DB_MAX_CONNECTIONS" not in one(defaults, "ConfigMap")["data"],
-    )
-    upgrade = render(production, upgrade=True)
-    check(
-        "production upgrade renders the migration hook too",
-        len(by_kind(upgrade, "Job")) == 1,
-    )
+    with group("defaults"):
+        check_release("defaults", {}, render({}))
+    with group("production"):
+        check_release("production", production, render(production))
+    with group("production upgrade"):
+        upgrade = render(production, upgrade=True)
+        check("production upgrade renders the migration hook too", len(by_kind(upgrade, "Job")) == 1)
 
-    prod_manifests = render(production)
-    pod = one(prod_manifests, "Deployment")["spec"]["template"]["spec"]
-    config = one(prod_manifests, "ConfigMap")["data"]
-    check(
-        "production: mutual TLS files mounted and configured",
-        config.get("MAILCONNECT_TLS_CLIENT_CA") == "/etc/mailconnect/tls/ca.crt"
-        and any(v["name"] == "tls" and v["secret"]["secretName"] == "mailconnect-tls" for v in pod["volumes"]),
-    )
-    check(
-        "production: the pool size it sets",
-        config.get("MAILCONNECT_DB_MAX_CONNECTIONS") == "32",
-    )
-    check(
-        "production: OTLP endpoint configured",
-        config.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector.observability.svc:4317",
-    )
-    check(
-        "production: JWT public keys mounted",
-        config.get("MAILCONNECT_JWT_PUBLIC_KEYS") == "/etc/mailconnect/jwt/idp-rs256.pem",
-    )
+    with group("production values"):
+        prod_manifests = render(production)
+        pod = one(prod_manifests, "Deployment")["spec"]["template"]["spec"]
+        config = one(prod_manifests, "ConfigMap")["data"]
+        check(
+            "production: mutual TLS files mounted and configured",
+            config.get("MAILCONNECT_TLS_CLIENT_CA") == "/etc/mailconnect/client-ca/ca.crt"
+            and any(v["name"] == "tls" and v["secret"]["secretName"] == "mailconnect-tls" for v in pod["volumes"])
+            and any(v["name"] == "client-ca" and v["secret"]["secretName"] == "mailconnect-client-ca"
+                    for v in pod["volumes"]),
+        )
+        check("production: the pool size it sets", config.get("MAILCONNECT_DB_MAX_CONNECTIONS") == "8")
+        check(
+            "production: OTLP endpoint configured",
+            config.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector.observability.svc:4317",
+        )
+        check(
+            "production: JWT public keys mounted",
+            config.get("MAILCONNECT_JWT_PUBLIC_KEYS") == "/etc/mailconnect/jwt/idp-rs256.pem",
+        )
 
-    expect_render_error(
-        "schema refuses an unknown log format",
-        {"config": {"logFormat": "xml"}},
-        "logFormat",
-    )
-    expect_render_error(
-        "schema refuses a misspelt top-level key",
-        {"replicas": 3},
-        "replicas",
-    )
-    expect_render_error(
-        "a database URL (or existingSecret) is required",
-        {"secrets": {"databaseUrl": ""}},
-        "secrets.databaseUrl",
-    )
-    expect_render_error(
-        "TLS needs a Secret name",
-        {"tls": {"enabled": True}},
-        "tls.secretName",
-    )
+    with group("schema"):
+        expect_render_error("schema refuses an unknown log format", {"config": {"logFormat": "xml"}}, "logFormat")
+        expect_render_error("schema refuses a misspelt top-level key", {"replicas": 3}, "replicas")
+        expect_render_error(
+            "a database URL (or existingSecret) is required",
+            {"secrets": {"databaseUrl": ""}},
+            "secrets.databaseUrl",
+        )
+        expect_render_error("TLS needs a Secret name", {"tls": {"enabled": True}}, "tls.secretName")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        check_defect_1(Path(tmp))
+        check_defect_3()
+        check_defect_4()
+        check_defect_5()
+        check_defect_6()
+        check_defect_7()
+        check_defect_8(production)
+        check_defect_10(Path(tmp))
+        check_defect_11()
+        check_defect_12()
+        check_conventions()
+        check_docs()
 
     print(f"\n{passed} passed, {failed} failed")
     return 1 if failed else 0

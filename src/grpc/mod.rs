@@ -16,6 +16,7 @@ pub mod probe_report;
 pub mod server;
 pub mod status;
 mod timestamp;
+pub mod tls;
 
 pub use allowlist::AllowlistApi;
 pub use directory::DirectoryApi;

@@ -1,14 +1,24 @@
 //! The hardened gRPC server: message sizes, per-connection and global concurrency, request
-//! timeout, HTTP/2 keepalive, connection age and optional (mutual) TLS. Every limit is a setting
-//! with a documented default, so an operator can tune it without a rebuild.
+//! timeout, HTTP/2 keepalive, connection age (and a bound past it) and optional (mutual) TLS that
+//! follows its files. Every limit is a setting with a documented default, so an operator can tune
+//! it without a rebuild.
 
+use std::future::Future as _;
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpIncoming};
+
+use super::tls::{ReloadingTls, TlsFiles, TlsIncoming};
+use crate::config::parse_interval;
 
 /// The transport settings of `mailconnect serve` (flattened into [`crate::config::Settings`]).
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +61,10 @@ pub struct ServerSettings {
     /// clients reconnect and spread over new replicas.
     #[arg(long, env = "MAILCONNECT_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+    /// How long a connection that got GOAWAY for its age may still run calls before it is closed
+    /// (calls and streams still open then end with UNAVAILABLE). None: no limit.
+    #[arg(long, env = "MAILCONNECT_MAX_CONNECTION_AGE_GRACE", value_parser = parse_interval)]
+    pub max_connection_age_grace: Option<Duration>,
     /// Optional plaintext address serving only the health service, for Kubernetes gRPC probes
     /// (which cannot speak TLS) when the main port uses TLS.
     #[arg(long, env = "MAILCONNECT_HEALTH_LISTEN_ADDR")]
@@ -65,6 +79,10 @@ pub struct ServerSettings {
     /// (mutual TLS). Needs `--tls-cert`.
     #[arg(long, env = "MAILCONNECT_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// How often the certificate, key and client CA files are read again: new connections get
+    /// what changed; files that do not load keep the previous ones (and log an error).
+    #[arg(long, env = "MAILCONNECT_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub tls_reload_interval: Duration,
 }
 
 impl Default for ServerSettings {
@@ -79,9 +97,10 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
-    /// A server builder with the connection-level limits and TLS applied. Message sizes are a
-    /// setting of each generated service server: `app.rs` applies `max_recv_message_size` and
-    /// `max_send_message_size` to every `mailconnect.v1` service it adds.
+    /// A server builder with the connection-level limits applied. Message sizes are a setting of
+    /// each generated service server: `app.rs` applies `max_recv_message_size` and
+    /// `max_send_message_size` to every `mailconnect.v1` service it adds. TLS is not the
+    /// builder's: [`Self::tls`] loads it, and the connections come through [`tls_connections`].
     pub fn builder(&self) -> anyhow::Result<Server> {
         anyhow::ensure!(
             self.max_concurrent_calls > 0,
@@ -91,18 +110,14 @@ impl ServerSettings {
             self.max_concurrent_calls_per_connection > 0,
             "MAILCONNECT_MAX_CONCURRENT_CALLS_PER_CONNECTION must be at least 1"
         );
-        let mut server = Server::builder()
+        // Not tonic's max_connection_age_grace: in tonic 0.14 setting it replaces the GOAWAY at
+        // max_connection_age with a plain close at age + grace. [`Aged`] closes instead.
+        Ok(Server::builder()
             .concurrency_limit_per_connection(self.max_concurrent_calls_per_connection)
             .timeout(self.request_timeout)
             .http2_keepalive_interval(Some(self.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(self.http2_keepalive_timeout))
-            .max_connection_age(self.max_connection_age);
-        if let Some(tls) = self.tls_config()? {
-            server = server
-                .tls_config(tls)
-                .context("invalid TLS configuration")?;
-        }
-        Ok(server)
+            .max_connection_age(self.max_connection_age))
     }
 
     /// Whether the server speaks TLS.
@@ -110,7 +125,8 @@ impl ServerSettings {
         self.tls_cert.is_some()
     }
 
-    fn tls_config(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+    /// The TLS configuration, loaded from its files (which must load at startup).
+    pub fn tls(&self) -> anyhow::Result<Option<ReloadingTls>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             anyhow::ensure!(
                 self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_client_ca.is_none(),
@@ -118,17 +134,18 @@ impl ServerSettings {
             );
             return Ok(None);
         };
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).with_context(|| format!("reading TLS {what} {}", path.display()))
-        };
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-            read(cert, "certificate")?,
-            read(key, "key")?,
-        ));
-        if let Some(ca) = &self.tls_client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
-        }
-        Ok(Some(config))
+        ReloadingTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        })
+        .map(Some)
+    }
+
+    /// How long a connection may live at most: its age plus the grace, when a grace is set.
+    pub fn connection_lifetime(&self) -> Option<Duration> {
+        self.max_connection_age_grace
+            .map(|grace| self.max_connection_age.saturating_add(grace))
     }
 }
 
@@ -139,10 +156,123 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The plaintext connections of the gRPC port, each closed at `lifetime` when one is set.
+pub fn connections(
+    listener: TcpListener,
+    lifetime: Option<Duration>,
+) -> impl Stream<Item = io::Result<Aged<TcpStream>>> {
+    incoming(listener).map(move |connection| connection.map(|io| Aged::new(io, lifetime)))
+}
+
+/// The TLS connections of the gRPC port (handshakes with the configuration current when each
+/// connection arrives), each closed at `lifetime` when one is set.
+pub fn tls_connections(
+    listener: TcpListener,
+    tls: ReloadingTls,
+    lifetime: Option<Duration>,
+) -> impl Stream<Item = io::Result<Aged<tokio_rustls::server::TlsStream<TcpStream>>>> {
+    TlsIncoming::new(incoming(listener), tls)
+        .map(move |connection| connection.map(|io| Aged::new(io, lifetime)))
+}
+
+/// A connection that fails every read and write once its lifetime is over, so that hyper closes
+/// it: the bound past max_connection_age for clients that keep calls (or streams) open on a
+/// connection that got GOAWAY. Reads are always pending on a served HTTP/2 connection, so the
+/// deadline's timer wakes the connection's task when it passes.
+pub struct Aged<IO> {
+    io: IO,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> Aged<IO> {
+    fn new(io: IO, lifetime: Option<Duration>) -> Self {
+        Self {
+            io,
+            deadline: lifetime.map(|lifetime| Box::pin(tokio::time::sleep(lifetime))),
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn lifetime_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "connection open longer than MAILCONNECT_MAX_CONNECTION_AGE + _GRACE",
+    )
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Aged<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Aged<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The peer address (and, over TLS, certificates) tonic puts in each request, as without it.
+impl<IO: Connected> Connected for Aged<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use tokio_stream::StreamExt as _;
-
     use super::*;
 
     #[tokio::test]

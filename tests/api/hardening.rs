@@ -1,5 +1,5 @@
-//! The server's limits: global load shedding, message sizes, request timeout, TLS and mutual
-//! TLS.
+//! The server's limits: global load shedding, message sizes, request timeout, connection
+//! lifetime, TLS and mutual TLS (and their files renewed under a running server).
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse
 use tonic_types::StatusExt as _;
 
 use crate::backend_tests;
-use crate::harness::{Backend, TestDatabase, assert_error, authed, start_app_with};
+use crate::harness::{Backend, TestDatabase, assert_error, authed, eventually, start_app_with};
 
 /// With room for one call, an open stream takes the slot: the next call is refused at once
 /// with RESOURCE_EXHAUSTED, health checks still answer, and the slot is free again by the time
@@ -212,6 +212,8 @@ pub async fn list_services(
 struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
+    server_cert: String,
+    server_key: String,
     client_cert: String,
     client_key: String,
 }
@@ -237,12 +239,14 @@ impl Pki {
         let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
         let (client_cert, client_key) = leaf(vec!["client.mailconnect.test".into()]);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
-        std::fs::write(dir.path().join("server.key"), server_key).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server_cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), &server_key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
         Self {
             dir,
             ca_pem: ca_cert.pem(),
+            server_cert,
+            server_key,
             client_cert,
             client_key,
         }
@@ -264,6 +268,174 @@ impl Pki {
             config
         }
     }
+
+    /// A client that trusts this CA for the server and presents `identity`'s client certificate.
+    fn client_as(&self, identity: &Pki) -> ClientTlsConfig {
+        self.client(false).identity(Identity::from_pem(
+            &identity.client_cert,
+            &identity.client_key,
+        ))
+    }
+}
+
+/// A Secret volume as the kubelet writes it: the files live in a directory of their own, `..data`
+/// points at it, and the names the server reads are symlinks through `..data`. An update writes
+/// a new directory and swaps `..data` in one rename, so the paths (and their inodes) never change.
+struct MountedSecret {
+    dir: tempfile::TempDir,
+    generation: usize,
+}
+
+impl MountedSecret {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let mut secret = Self {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+        };
+        secret.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), secret.path(name)).unwrap();
+        }
+        secret
+    }
+
+    fn update(&mut self, files: &[(&str, &str)]) {
+        self.generation += 1;
+        let generation = format!("..2025_01_01_00_00_0{}", self.generation);
+        std::fs::create_dir(self.dir.path().join(&generation)).unwrap();
+        for (name, contents) in files {
+            std::fs::write(self.dir.path().join(&generation).join(name), contents).unwrap();
+        }
+        let swap = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&generation, &swap).unwrap();
+        std::fs::rename(&swap, self.dir.path().join("..data")).unwrap();
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// cert-manager renews the serving certificate (here from another CA, so that which one a client
+/// is shown is unambiguous) in the mounted Secret: new connections get the new one, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let first = Pki::new();
+    let renewed = Pki::new();
+    let mut secret = MountedSecret::new(&[
+        ("tls.crt", &first.server_cert),
+        ("tls.key", &first.server_key),
+    ]);
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        settings.server.tls_cert = Some(secret.path("tls.crt"));
+        settings.server.tls_key = Some(secret.path("tls.key"));
+        settings.server.tls_reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    let served_to = |client: ClientTlsConfig| async move {
+        health_over(tls_channel(app.addr, client).await).await.ok()
+    };
+    eventually("a client of the first CA is served", || {
+        served_to(first.client(false))
+    })
+    .await;
+    assert!(
+        served_to(renewed.client(false)).await.is_none(),
+        "the renewed certificate is not served before it is written"
+    );
+
+    secret.update(&[
+        ("tls.crt", &renewed.server_cert),
+        ("tls.key", &renewed.server_key),
+    ]);
+    eventually("a new connection is shown the renewed certificate", || {
+        served_to(renewed.client(false))
+    })
+    .await;
+    assert!(
+        served_to(first.client(false)).await.is_none(),
+        "new connections no longer get the first certificate"
+    );
+    app.stop().await;
+}
+
+/// The mutual-TLS client CA, from a Secret of its own, is replaced under a running server: clients
+/// of the new CA are served from then on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_client_ca_is_trusted_without_a_restart() {
+    let server = Pki::new();
+    let other = Pki::new();
+    let mut client_ca = MountedSecret::new(&[("ca.crt", &server.ca_pem)]);
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        server.configure(settings, false);
+        settings.server.tls_client_ca = Some(client_ca.path("ca.crt"));
+        settings.server.tls_reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    let served_as = |identity: &Pki| {
+        let client = server.client_as(identity);
+        async move { health_over(tls_channel(app.addr, client).await).await.ok() }
+    };
+    eventually("a client of the first client CA is served", || {
+        served_as(&server)
+    })
+    .await;
+    assert!(
+        served_as(&other).await.is_none(),
+        "a client certificate of the other CA is refused before the CA is replaced"
+    );
+
+    client_ca.update(&[("ca.crt", &other.ca_pem)]);
+    eventually("a client of the new client CA is served", || {
+        served_as(&other)
+    })
+    .await;
+    assert!(
+        served_as(&server).await.is_none(),
+        "the replaced CA's clients are refused"
+    );
+    app.stop().await;
+}
+
+/// MAILCONNECT_MAX_CONNECTION_AGE_GRACE: a call still open on a connection past its age and the
+/// grace (here a Health/Watch stream, which never ends by itself) is cut, so the client
+/// reconnects; without the grace it would keep the old connection, and its replica, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_age_and_grace_are_closed() {
+    let age = Duration::from_millis(300);
+    let grace = Duration::from_millis(300);
+    let app = start_app_with(TestDatabase::create(Backend::Sqlite), |settings| {
+        settings.server.max_connection_age = age;
+        settings.server.max_connection_age_grace = Some(grace);
+    })
+    .await;
+    let opened = tokio::time::Instant::now();
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: "liveness".to_owned(),
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    // The bound only keeps a broken build from hanging.
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends once the connection is past its age and grace");
+    assert!(end.is_err(), "cut, not finished: {end:?}");
+    assert!(
+        opened.elapsed() >= age + grace,
+        "not before age + grace: {:?}",
+        opened.elapsed()
+    );
+    app.stop().await;
 }
 
 async fn tls_channel(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Channel {
