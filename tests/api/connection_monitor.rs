@@ -11,16 +11,14 @@ use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServ
 use mailconnect::grpc::proto::{
     self, ConnectPersonalInboxRequest, ConnectTeamEmailRequest, ConnectionState,
     CreateDomainSettingsRequest, DisconnectReason, DomainSettings, ImapSettings,
-    ListAttemptedDomainsRequest, ListConnectionsRequest, ProbeOutcome, Provider, Security,
-    ServerAddress, SettingsSource, Tier, domain_settings::Settings as Servers,
+    ListAttemptedDomainsRequest, ListConnectionsRequest, ProbeDomainSettingsRequest, ProbeOutcome,
+    Provider, Security, ServerAddress, SettingsSource, Tier, domain_settings::Settings as Servers,
 };
 use mailconnect::service::clock::ManualClock;
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::harness::{
-    Backend, TestApp, assert_error, authed, eventually, spawn_app_on,
-};
+use crate::harness::{Backend, TestApp, assert_error, authed, eventually, spawn_app_on};
 use crate::inbox_world::{
     ACCESS, ADA, ADMIN, client, create_inbox, get_connection, grant, login, password,
     seed_directory, seed_user, token,
@@ -60,8 +58,9 @@ fn with_relay_and_oauth(settings: &mut Settings, relay: &str, token_url: url::Ur
     inbox.smtp_relay_url = Some(mailconnect::domain::secret::Secret::new(relay.to_owned()));
     inbox.notification_from = "mailconnect <notify@mailconnect.test>".into();
     inbox.google.google_oauth_client_id = Some(CLIENT_ID.into());
-    inbox.google.google_oauth_client_secret =
-        Some(mailconnect::domain::secret::Secret::new(CLIENT_SECRET.into()));
+    inbox.google.google_oauth_client_secret = Some(mailconnect::domain::secret::Secret::new(
+        CLIENT_SECRET.into(),
+    ));
     inbox.google.google_oauth_token_url = token_url;
 }
 
@@ -76,26 +75,31 @@ fn clock() -> Arc<ManualClock> {
     ))
 }
 
-/// The admins' preset for acme.example: IMAPS on Dovecot, submission on aiosmtpd.
-async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
+/// IMAPS on Dovecot, submission on aiosmtpd, for acme.example.
+fn imap_preset(dovecot: &Dovecot, smtp: &Aiosmtpd) -> DomainSettings {
     let server = |port: u16, security: Security| ServerAddress {
         host: "127.0.0.1".into(),
         port: port.into(),
         security: security.into(),
     };
+    DomainSettings {
+        domain: "acme.example".into(),
+        settings: Some(Servers::Imap(ImapSettings {
+            imap_server: Some(server(dovecot.imaps_port, Security::ImplicitTls)),
+            smtp_server: Some(server(smtp.port, Security::Starttls)),
+            allow_insecure_certificate: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// The admins' preset for acme.example.
+async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
     DomainSettingsServiceClient::new(app.channel.clone())
         .create_domain_settings(authed(
             &token(app, ADMIN),
             CreateDomainSettingsRequest {
-                domain_settings: Some(DomainSettings {
-                    domain: "acme.example".into(),
-                    settings: Some(Servers::Imap(ImapSettings {
-                        imap_server: Some(server(dovecot.imaps_port, Security::ImplicitTls)),
-                        smtp_server: Some(server(smtp.port, Security::Starttls)),
-                        allow_insecure_certificate: true,
-                    })),
-                    ..Default::default()
-                }),
+                domain_settings: Some(imap_preset(dovecot, smtp)),
                 ..Default::default()
             },
         ))
@@ -178,12 +182,18 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
         status.message()
     );
     let stored = client(&app)
-        .list_connections(authed(&token(&app, ADMIN), ListConnectionsRequest::default()))
+        .list_connections(authed(
+            &token(&app, ADMIN),
+            ListConnectionsRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()
         .connections;
-    assert!(stored.is_empty(), "a refused login stores nothing: {stored:?}");
+    assert!(
+        stored.is_empty(),
+        "a refused login stores nothing: {stored:?}"
+    );
 
     let connected = connect_imap(&app, ADA, "ada@acme.example", PASSWORD)
         .await
@@ -195,8 +205,10 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
             "{report:?}"
         );
         assert!(
-            report.stages.iter().any(|stage| stage.name == "login"
-                && stage.outcome() == ProbeOutcome::Ok),
+            report
+                .stages
+                .iter()
+                .any(|stage| stage.name == "login" && stage.outcome() == ProbeOutcome::Ok),
             "the login was proved: {report:?}"
         );
     }
@@ -233,6 +245,26 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
     assert_eq!(checked.last_success_time, checked.last_check_time);
 
     dovecot.set_password("a new password");
+    // Dovecot reads its users file again at most once a second: wait until it refuses.
+    eventually("Dovecot refuses the old password", || async {
+        let reports = DomainSettingsServiceClient::new(app.channel.clone())
+            .probe_domain_settings(authed(
+                &token(&app, ADMIN),
+                ProbeDomainSettingsRequest {
+                    domain_settings: Some(imap_preset(&dovecot, &smtp)),
+                    test_credentials: Some(proto::PasswordCredentials {
+                        username: USER.into(),
+                        password: PASSWORD.into(),
+                    }),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .reports;
+        (reports[0].outcome() == ProbeOutcome::Failed).then_some(())
+    })
+    .await;
     clock.advance(INTERVAL);
     for name in [&personal.name, &team.name] {
         let after = eventually("the monitor disconnected the mailbox", || async {
@@ -240,7 +272,10 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
             (connection.state() == ConnectionState::Disconnected).then_some(connection)
         })
         .await;
-        assert_eq!(after.disconnect_reason(), DisconnectReason::CredentialsExpired);
+        assert_eq!(
+            after.disconnect_reason(),
+            DisconnectReason::CredentialsExpired
+        );
         assert_eq!(after.consecutive_failures, 1);
         assert!(!after.last_error.is_empty());
     }
@@ -258,7 +293,10 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
         .iter()
         .find(|message| message.contains(&format!("X-Envelope-To: {}", login(ADA))))
         .unwrap();
-    assert!(to_ada.contains("Subject: ada@acme.example was disconnected"), "{to_ada}");
+    assert!(
+        to_ada.contains("Subject: ada@acme.example was disconnected"),
+        "{to_ada}"
+    );
     assert!(to_ada.contains("Message-ID: <notification-"), "{to_ada}");
     assert!(to_ada.contains("Reconnect"), "{to_ada}");
     assert!(!to_ada.contains(PASSWORD), "{to_ada}");
@@ -296,7 +334,10 @@ async fn an_outage_disconnects_only_after_the_threshold(backend: Backend) {
         (connection.state() == ConnectionState::Disconnected).then_some(connection)
     })
     .await;
-    assert_eq!(after.disconnect_reason(), DisconnectReason::ServerUnreachable);
+    assert_eq!(
+        after.disconnect_reason(),
+        DisconnectReason::ServerUnreachable
+    );
     assert_eq!(after.consecutive_failures, 3);
 }
 
@@ -326,7 +367,12 @@ async fn oauth_grants_are_proved_at_the_token_endpoint(backend: Backend) {
     };
     let status = connect("1//revoked").await.unwrap_err();
     assert_error(&status, Code::FailedPrecondition, "OAUTH_GRANT_INVALID");
-    let connection = connect("1//good").await.unwrap().into_inner().connection.unwrap();
+    let connection = connect("1//good")
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
     let forms = tokens.forms();
     let last = forms.last().unwrap();
     assert_eq!(field(last, "grant_type").as_deref(), Some("refresh_token"));
@@ -352,13 +398,25 @@ async fn imap_without_servers_is_refused_and_recorded(backend: Backend) {
     let status = connect_imap(&app, ADA, "ada@unknown-domain.example", "x")
         .await
         .unwrap_err();
-    let metadata = assert_error(&status, Code::FailedPrecondition, "SERVER_SETTINGS_REQUIRED");
+    let metadata = assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "SERVER_SETTINGS_REQUIRED",
+    );
     assert_eq!(metadata["domain"], "unknown-domain.example");
     let status = connect_imap(&app, ADA, "ada.l@gmail.com", "x")
         .await
         .unwrap_err();
-    assert_error(&status, Code::FailedPrecondition, "SERVER_SETTINGS_REQUIRED");
-    assert!(status.message().contains("PROVIDER_GMAIL"), "{}", status.message());
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "SERVER_SETTINGS_REQUIRED",
+    );
+    assert!(
+        status.message().contains("PROVIDER_GMAIL"),
+        "{}",
+        status.message()
+    );
     let attempted = DomainSettingsServiceClient::new(app.channel.clone())
         .list_attempted_domains(authed(
             &token(&app, ADMIN),
@@ -467,7 +525,10 @@ async fn two_replicas_check_each_connection_once_and_mail_once() {
             .flat_map(|n| std::iter::repeat_n(format!("1//token-{n}"), round))
             .collect();
         expected.sort();
-        assert_eq!(refreshed, expected, "round {round}: one check per connection");
+        assert_eq!(
+            refreshed, expected,
+            "round {round}: one check per connection"
+        );
     }
     for n in 0..10 {
         tokens.revoke(&format!("1//token-{n}"));

@@ -13,8 +13,7 @@ use tonic::Code;
 
 use crate::backend_tests;
 use crate::harness::{
-    Backend, TestApp, assert_error, authed, spawn_app, violated_fields,
-    violated_fields_with_reason,
+    Backend, TestApp, assert_error, authed, spawn_app, violated_fields, violated_fields_with_reason,
 };
 use crate::inbox_world::{
     ACCESS, ADA, ADMIN, BOB, client, connect_gmail, connect_personal, connect_team_gmail,
@@ -34,23 +33,31 @@ async fn an_address_is_personal_or_team_never_both(backend: Backend) {
     let support = create_inbox(&app, "Support").await;
     let sales = create_inbox(&app, "Sales").await;
 
-    let ada_own = connect_gmail(&app, ADA, "ada.lovelace@acme.example").await.unwrap();
+    let ada_own = connect_gmail(&app, ADA, "ada.lovelace@acme.example")
+        .await
+        .unwrap();
     assert_eq!(ada_own.kind(), ConnectionKind::Personal);
     assert_eq!(ada_own.state(), ConnectionState::Active);
-    assert_eq!(ada_own.usages(), [Usage::CrmEmail]);
+    assert_eq!(ada_own.usages().collect::<Vec<_>>(), [Usage::CrmEmail]);
     assert_eq!(ada_own.owner_user_id, ADA);
     assert!(ada_own.channel_settings.is_none());
 
     let status = connect_team_gmail(&app, "Ada.Lovelace@ACME.example", &support.name)
         .await
         .unwrap_err();
-    let metadata = assert_error(&status, Code::AlreadyExists, "ADDRESS_CONNECTED_AS_PERSONAL");
+    let metadata = assert_error(
+        &status,
+        Code::AlreadyExists,
+        "ADDRESS_CONNECTED_AS_PERSONAL",
+    );
     assert_eq!(metadata["holder_kind"], "personal");
     assert_eq!(metadata["holder_user_id"], ADA.to_string());
     assert_eq!(metadata["holder_deleted"], "false");
     assert_eq!(metadata["connection"], ada_own.name);
 
-    let status = connect_gmail(&app, BOB, "ada.lovelace@acme.example").await.unwrap_err();
+    let status = connect_gmail(&app, BOB, "ada.lovelace@acme.example")
+        .await
+        .unwrap_err();
     let metadata = assert_error(&status, Code::AlreadyExists, "ADDRESS_ALREADY_CONNECTED");
     assert_eq!(metadata["holder_user_id"], ADA.to_string());
 
@@ -59,7 +66,7 @@ async fn an_address_is_personal_or_team_never_both(backend: Backend) {
         .unwrap();
     assert_eq!(team.kind(), ConnectionKind::Team);
     assert_eq!(team.inbox, support.name);
-    assert_eq!(team.usages(), [Usage::Conversations]);
+    assert_eq!(team.usages().collect::<Vec<_>>(), [Usage::Conversations]);
     let channel = team.channel_settings.as_ref().unwrap();
     assert_eq!(channel.state(), proto::ChannelState::Live);
     assert_eq!(
@@ -72,7 +79,9 @@ async fn an_address_is_personal_or_team_never_both(backend: Backend) {
     let metadata = assert_error(&status, Code::AlreadyExists, "ADDRESS_ALREADY_CONNECTED");
     assert_eq!(metadata["inbox"], support.name);
     assert_eq!(metadata["holder_kind"], "team");
-    let status = connect_gmail(&app, ADA, "support@acme.example").await.unwrap_err();
+    let status = connect_gmail(&app, ADA, "support@acme.example")
+        .await
+        .unwrap_err();
     let metadata = assert_error(&status, Code::AlreadyExists, "ADDRESS_CONNECTED_AS_TEAM");
     assert_eq!(metadata["connection"], team.name);
 
@@ -156,7 +165,10 @@ async fn concurrent_attempts_on_one_address_have_one_winner(backend: Backend) {
         assert_eq!(metadata["connection"], won.name, "{attempt:?}");
     }
     let listed = client(&app)
-        .list_connections(authed(&token(&app, ADMIN), ListConnectionsRequest::default()))
+        .list_connections(authed(
+            &token(&app, ADMIN),
+            ListConnectionsRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -187,7 +199,11 @@ async fn usages_follow_the_kind(backend: Backend) {
         violated_fields_with_reason(&status, "USAGE_NOT_ALLOWED"),
         ["usages[1]"]
     );
-    assert!(status.message().contains("meetings"), "{}", status.message());
+    assert!(
+        status.message().contains("meetings"),
+        "{}",
+        status.message()
+    );
 
     let status = client(&app)
         .connect_personal_inbox(authed(
@@ -222,9 +238,15 @@ async fn usages_follow_the_kind(backend: Backend) {
         .into_inner()
         .connection
         .unwrap();
-    assert_eq!(updated.usages(), [Usage::Meetings, Usage::Sequences]);
+    assert_eq!(
+        updated.usages().collect::<Vec<_>>(),
+        [Usage::Meetings, Usage::Sequences]
+    );
     let status = client(&app)
-        .set_usages(authed(&token(&app, ADA), set(&own.name, &[Usage::Calendar], &own.etag)))
+        .set_usages(authed(
+            &token(&app, ADA),
+            set(&own.name, &[Usage::Calendar], &own.etag),
+        ))
         .await
         .unwrap_err();
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
@@ -232,7 +254,10 @@ async fn usages_follow_the_kind(backend: Backend) {
         .set_usages(authed(&token(&app, ADA), set(&own.name, &[], "")))
         .await
         .unwrap_err();
-    assert_eq!(violated_fields_with_reason(&status, "USAGE_NOT_ALLOWED"), ["usages"]);
+    assert_eq!(
+        violated_fields_with_reason(&status, "USAGE_NOT_ALLOWED"),
+        ["usages"]
+    );
 }
 
 /// Malformed requests name every bad field; credentials must suit the provider; an OAuth grant
@@ -333,7 +358,9 @@ async fn plain_users_see_their_own_and_the_team_connections(backend: Backend) {
     let app = world(backend).await;
     let support = create_inbox(&app, "Support").await;
     let ada_own = connect_gmail(&app, ADA, "ada@acme.example").await.unwrap();
-    let bob_own = connect_gmail(&app, BOB, "bob.b@acme.example").await.unwrap();
+    let bob_own = connect_gmail(&app, BOB, "bob.b@acme.example")
+        .await
+        .unwrap();
     let team = connect_team_gmail(&app, "support@acme.example", &support.name)
         .await
         .unwrap();
@@ -354,7 +381,10 @@ async fn plain_users_see_their_own_and_the_team_connections(backend: Backend) {
     };
     let mut expected = vec![ada_own.name.clone(), team.name.clone()];
     expected.sort();
-    assert_eq!(names(list(ADA, Default::default()).await.unwrap()), expected);
+    assert_eq!(
+        names(list(ADA, Default::default()).await.unwrap()),
+        expected
+    );
     assert_eq!(list(ACCESS, Default::default()).await.unwrap().len(), 3);
     let teams = list(
         ACCESS,
@@ -418,7 +448,9 @@ async fn deactivate_reauthorize_delete(backend: Backend) {
     let app = world(backend).await;
     let mut client = client(&app);
     let ada = token(&app, ADA);
-    let own = connect_gmail(&app, ADA, "ada@acme.example").await.unwrap();
+    let own = connect_gmail(&app, ADA, "ada.l@acme.example")
+        .await
+        .unwrap();
     let deactivate = |etag: &str| DeactivateConnectionRequest {
         name: own.name.clone(),
         etag: etag.into(),
@@ -445,7 +477,9 @@ async fn deactivate_reauthorize_delete(backend: Backend) {
         .unwrap_err();
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
     // Still holds its address.
-    let status = connect_gmail(&app, BOB, "ada@acme.example").await.unwrap_err();
+    let status = connect_gmail(&app, BOB, "ada.l@acme.example")
+        .await
+        .unwrap_err();
     assert_error(&status, Code::AlreadyExists, "ADDRESS_ALREADY_CONNECTED");
 
     let status = client
@@ -465,7 +499,7 @@ async fn deactivate_reauthorize_delete(backend: Backend) {
             &ada,
             ReauthorizeConnectionRequest {
                 name: own.name.clone(),
-                credentials: Some(grant("ada@acme.example", "1//new")),
+                credentials: Some(grant("ada.l@acme.example", "1//new")),
                 etag: off.etag.clone(),
                 validate_only: false,
             },
@@ -514,7 +548,9 @@ async fn deactivate_reauthorize_delete(backend: Backend) {
         0,
         "no ciphertext left behind"
     );
-    connect_gmail(&app, BOB, "ada@acme.example").await.unwrap();
+    connect_gmail(&app, BOB, "ada.l@acme.example")
+        .await
+        .unwrap();
 }
 
 /// Seed 002: moving an address to another provider disconnects the old connection
@@ -533,7 +569,10 @@ async fn a_provider_migration_replaces_the_old_connection(backend: Backend) {
     let told = notifications(&app, ADA).await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0].kind(), NotificationKind::ConnectionDisconnected);
-    assert_eq!(told[0].disconnect_reason(), DisconnectReason::ProviderMigration);
+    assert_eq!(
+        told[0].disconnect_reason(),
+        DisconnectReason::ProviderMigration
+    );
     assert_eq!(told[0].actor_user_id, 0);
     assert!(told[0].message.contains("Google"), "{}", told[0].message);
 
@@ -582,7 +621,11 @@ async fn a_deleted_user_leaves_their_addresses_releasable(backend: Backend) {
         .unwrap();
     let team = client(&app)
         .connect_team_email(authed(
-            &app.user_token(1, ADA, &[mailconnect::domain::principal::Role::AccountAccess]),
+            &app.user_token(
+                1,
+                ADA,
+                &[mailconnect::domain::principal::Role::AccountAccess],
+            ),
             ConnectTeamEmailRequest {
                 email_address: "support@acme.example".into(),
                 provider: Provider::Gmail.into(),
@@ -609,7 +652,10 @@ async fn a_deleted_user_leaves_their_addresses_releasable(backend: Backend) {
     let own = get_connection(&app, &own.name).await;
     assert_eq!(own.state(), ConnectionState::Disconnected);
     assert_eq!(own.disconnect_reason(), DisconnectReason::UserDeactivated);
-    assert_eq!(get_connection(&app, &team.name).await.state(), ConnectionState::Active);
+    assert_eq!(
+        get_connection(&app, &team.name).await.state(),
+        ConnectionState::Active
+    );
     let ada_told = notifications(&app, ADA).await;
     assert_eq!(ada_told.len(), 1, "{ada_told:?}");
     assert_eq!(ada_told[0].connection, own.name);
@@ -635,9 +681,17 @@ async fn a_deleted_user_leaves_their_addresses_releasable(backend: Backend) {
     let status = connect_team_gmail(&app, "ada@acme.example", &support.name)
         .await
         .unwrap_err();
-    let metadata = assert_error(&status, Code::AlreadyExists, "ADDRESS_CONNECTED_AS_PERSONAL");
+    let metadata = assert_error(
+        &status,
+        Code::AlreadyExists,
+        "ADDRESS_CONNECTED_AS_PERSONAL",
+    );
     assert_eq!(metadata["holder_deleted"], "true");
-    assert!(status.message().contains("ReleaseAddress"), "{}", status.message());
+    assert!(
+        status.message().contains("ReleaseAddress"),
+        "{}",
+        status.message()
+    );
 
     let release = |user: i64, address: &str| {
         let mut client = client(&app);

@@ -204,7 +204,10 @@ async fn the_rotate_keys_command_reseals_everything(backend: Backend) {
     let first = run();
     let printed = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success(), "{first:?}");
-    assert!(printed.contains("re-sealed 1 credential(s) under key \"k2\""), "{printed}");
+    assert!(
+        printed.contains("re-sealed 1 credential(s) under key \"k2\""),
+        "{printed}"
+    );
     assert!(
         !String::from_utf8_lossy(&first.stderr).contains(new_key.expose()),
         "the key is never printed"
@@ -215,7 +218,10 @@ async fn the_rotate_keys_command_reseals_everything(backend: Backend) {
         "{second:?}"
     );
     let only_new = Keyring::parse(&new_key).unwrap();
-    assert_eq!(opened(&app, &only_new, &name).await.unwrap(), "1//rotate-me");
+    assert_eq!(
+        opened(&app, &only_new, &name).await.unwrap(),
+        "1//rotate-me"
+    );
 }
 
 backend_tests!(

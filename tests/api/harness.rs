@@ -13,10 +13,10 @@ use mailconnect::config::{
     DatabaseSettings, InboxSettings, KeySettings, LogFormat, ProbeSettings, Settings,
 };
 use mailconnect::domain::principal::{Principal, Role};
-use mailconnect::service::clock::{Clock, SystemClock};
 use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient;
 use mailconnect::grpc::server::ServerSettings;
+use mailconnect::service::clock::{Clock, SystemClock};
 use mailconnect::tokens::TokenKeys;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -272,7 +272,8 @@ impl TestApp {
 
     /// A second instance of the service on this one's database (another replica), SERVING.
     pub async fn spawn_replica(&self, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        self.spawn_replica_on(configure, Arc::new(SystemClock)).await
+        self.spawn_replica_on(configure, Arc::new(SystemClock))
+            .await
     }
 
     /// Another replica, its use cases on `clock`.

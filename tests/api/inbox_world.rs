@@ -148,7 +148,9 @@ pub async fn create_inbox(app: &TestApp, name: &str) -> Inbox {
         .unwrap()
 }
 
-fn connection(response: Result<Response<proto::ConnectPersonalInboxResponse>, Status>) -> Result<Connection, Status> {
+fn connection(
+    response: Result<Response<proto::ConnectPersonalInboxResponse>, Status>,
+) -> Result<Connection, Status> {
     response.map(|r| r.into_inner().connection.unwrap())
 }
 

@@ -3,16 +3,14 @@
 //! still has channels.
 
 use mailconnect::grpc::proto::{
-    CreateInboxRequest, DeleteInboxRequest, GetInboxRequest, Inbox, ListInboxesRequest,
-    ListConnectionsRequest, NotificationKind, Tier, UpdateInboxRequest,
+    CreateInboxRequest, DeleteInboxRequest, GetInboxRequest, Inbox, ListConnectionsRequest,
+    ListInboxesRequest, NotificationKind, Tier, UpdateInboxRequest,
 };
 use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::harness::{
-    Backend, assert_error, authed, spawn_app, spawn_app_with, violated_fields,
-};
+use crate::harness::{Backend, assert_error, authed, spawn_app, spawn_app_with, violated_fields};
 use crate::inbox_world::{
     ACCESS, ADA, ADMIN, client, connect_team_gmail, create_inbox, notifications, seed_directory,
     token,
@@ -114,7 +112,10 @@ async fn inboxes_are_written_by_admins_and_read_by_everyone(backend: Backend) {
         ("inbox/1", Code::InvalidArgument, "INVALID_ARGUMENT"),
     ] {
         let status = client
-            .get_inbox(authed(&token(&app, ADA), GetInboxRequest { name: name.into() }))
+            .get_inbox(authed(
+                &token(&app, ADA),
+                GetInboxRequest { name: name.into() },
+            ))
             .await
             .unwrap_err();
         assert_error(&status, code, reason);
@@ -203,7 +204,10 @@ async fn deleting_an_inbox_with_channels_needs_force(backend: Backend) {
         .await
         .unwrap();
     let left = client
-        .list_connections(authed(&token(&app, ADMIN), ListConnectionsRequest::default()))
+        .list_connections(authed(
+            &token(&app, ADMIN),
+            ListConnectionsRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -377,7 +377,11 @@ impl Aiosmtpd {
     /// The messages a sink accepted, in order, each with its `X-Envelope-To:` lines first.
     pub fn messages(&self) -> Vec<String> {
         let mut names: Vec<PathBuf> = std::fs::read_dir(self._dir.path().join("mail"))
-            .map(|entries| entries.filter_map(|entry| Some(entry.ok()?.path())).collect())
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| Some(entry.ok()?.path()))
+                    .collect()
+            })
             .unwrap_or_default();
         names.retain(|name| name.extension().is_some_and(|ext| ext == "eml"));
         names.sort();

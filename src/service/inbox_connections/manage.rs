@@ -99,7 +99,6 @@ where
         if filter.owner_user_id < 0 {
             violations.add("owner_user_id", "must be a user id, or 0 for any");
         }
-        violations.finish(|| ())?;
         let fingerprint = format!(
             "connections:{}:{}:{}:{}",
             kind.map_or("", ConnectionKind::as_str),
@@ -107,7 +106,15 @@ where
             filter.owner_user_id,
             state.map_or("", ConnectionState::as_str)
         );
-        let (size, after) = time_page(&page, &fingerprint)?;
+        // Every bad field at once: the filters' and the page's.
+        let (size, after) = match (violations.finish(|| ()), time_page(&page, &fingerprint)) {
+            (Ok(()), page) => page?,
+            (Err(mut found), Err(ServiceError::InvalidArgument(more))) => {
+                found.extend(more);
+                return Err(found.into());
+            }
+            (Err(found), _) => return Err(found.into()),
+        };
         let filter = ConnectionFilter {
             kind,
             inbox_id,
