@@ -8,8 +8,6 @@ use std::process::Command;
 
 /// Settings the chart already passes for work that lands beside this one (the inbox connections'
 /// field encryption); clap ignores unknown variables, so passing them early is harmless.
-const PLANNED_SETTINGS: &[&str] = &["MAILCONNECT_ENCRYPTION_KEYS"];
-
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         .unwrap_or_else(|e| panic!("reading {path}: {e}"))
@@ -66,7 +64,6 @@ fn chart_and_image_only_set_settings_the_binary_knows() {
         .into_iter()
         .chain(settings_of("migrate"))
         .map(|(_, env)| env)
-        .chain(PLANNED_SETTINGS.iter().map(|name| (*name).to_owned()))
         .collect();
     for path in [
         "Dockerfile",
