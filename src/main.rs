@@ -126,7 +126,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 async fn run_server(settings: Settings) -> anyhow::Result<()> {
     let dev_hint = settings.keys.uses_dev_secret();
     let tls = settings.server.tls_enabled();
+    let embedded = settings.database.database_url.is_none();
     let app = Application::build(settings.clone()).await?;
+    if dev_hint && embedded && settings.migrate_on_start {
+        let data_center = settings.default_data_center()?;
+        if commands::dev::seed_directory(app.database(), data_center).await? {
+            tracing::info!(
+                "seeded the development directory: account 1 and its super admin, user 1"
+            );
+        }
+    }
     let addr = app.local_addr();
     tracing::info!(%addr, tls, database = %app.database().url(), "mailconnect listening");
     if dev_hint && !tls {
@@ -140,8 +149,8 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
     let token = keys.token_keys()?.mint(
         &Principal {
             subject: "user:1:1".to_owned(),
-            account_id: Some(1),
-            user_id: Some(1),
+            account_id: Some(commands::dev::DEV_ACCOUNT),
+            user_id: Some(commands::dev::DEV_USER),
             roles: vec![Role::SuperAdmin],
         },
         Duration::from_secs(12 * 3600),
@@ -155,7 +164,10 @@ fn print_grpcurl_hint(keys: &KeySettings, addr: std::net::SocketAddr) -> anyhow:
          {grpcurl} -plaintext {addr} describe mailconnect.v1.DirectoryService\n\
          {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"account_id\": 1}}' {addr} mailconnect.v1.DirectoryService/ListUsers\n\
          {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email_address\": \"ada@gmail.com\"}}' {addr} mailconnect.v1.DomainSettingsService/ResolveConnectionSettings\n\
-         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"format\": \"EXPORT_FORMAT_NGINX\"}}' {addr} mailconnect.v1.AllowlistService/ExportAllowlist\n",
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"format\": \"EXPORT_FORMAT_NGINX\"}}' {addr} mailconnect.v1.AllowlistService/ExportAllowlist\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"inbox\": {{\"display_name\": \"Support\"}}}}' {addr} mailconnect.v1.InboxConnectionService/CreateInbox\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"email_address\": \"admin@acme.example\", \"provider\": \"PROVIDER_GMAIL\", \"credentials\": {{\"oauth\": {{\"refresh_token\": \"1//example\", \"account_email\": \"admin@acme.example\"}}}}}}' {addr} mailconnect.v1.InboxConnectionService/ConnectPersonalInbox\n\
+         {grpcurl} -plaintext -H \"authorization: Bearer $TOKEN\" {addr} mailconnect.v1.InboxConnectionService/ListConnections\n",
         dir = keys.data_dir.display(),
     );
     Ok(())

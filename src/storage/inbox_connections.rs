@@ -935,7 +935,7 @@ fn apply_change(
                 conn,
                 current.id,
                 &Health {
-                    last_success_time: Some(verified_at),
+                    last_success_time: verified_at,
                     ..Health::default()
                 },
             )?;

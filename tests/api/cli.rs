@@ -186,3 +186,85 @@ fn probe_bounds_below_a_calls_two_probes_are_refused_at_start() {
         assert!(stderr.contains("1 is not in 2.."), "{variable}: {stderr}");
     }
 }
+
+/// `scripts/run` on a fresh data directory: the printed token's account and user exist, so the
+/// printed commands work as shown (ListUsers lists the user; an inbox and a mailbox connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_server_seeds_the_printed_tokens_directory() {
+    use std::io::{BufRead as _, BufReader};
+
+    use mailconnect::grpc::proto::inbox_connection_service_client::InboxConnectionServiceClient;
+    use mailconnect::grpc::proto::{self, Inbox};
+
+    use crate::harness::authed;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut server = mailconnect()
+        .args(["serve", "--listen-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(server.stdout.take().unwrap());
+    let (found, printed) = std::sync::mpsc::channel();
+    // Read everything the server prints (a closed pipe would stop it at its next log line).
+    std::thread::spawn(move || {
+        let mut addr = None;
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("mailconnect is listening on ").nth(1) {
+                addr = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(rest) = line.strip_prefix("export TOKEN='") {
+                let _ = found.send((addr.clone(), Some(rest.trim_end_matches('\'').to_owned())));
+            }
+        }
+    });
+    let (addr, token) = printed.recv().expect("the server prints its commands");
+    let (addr, token) = (
+        addr.expect("the address is printed"),
+        token.expect("a token"),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let users = mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient::new(
+        channel.clone(),
+    )
+    .list_users(authed(
+        &token,
+        proto::ListUsersRequest {
+            account_id: 1,
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .users;
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0].id, 1);
+    assert_eq!(
+        users[0].roles().collect::<Vec<_>>(),
+        [proto::Role::SuperAdmin]
+    );
+    let mut inboxes = InboxConnectionServiceClient::new(channel);
+    inboxes
+        .create_inbox(authed(
+            &token,
+            proto::CreateInboxRequest {
+                inbox: Some(Inbox {
+                    display_name: "Support".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(data_dir.path().join("encryption-keys").is_file());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -395,7 +395,7 @@ async fn plain_users_see_their_own_and_the_team_connections(backend: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(names(teams), [team.name.clone()]);
+    assert_eq!(names(teams), [team.name.as_str()]);
     let bobs = list(
         ADMIN,
         ListConnectionsRequest {
@@ -405,7 +405,7 @@ async fn plain_users_see_their_own_and_the_team_connections(backend: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(names(bobs), [bob_own.name.clone()]);
+    assert_eq!(names(bobs), [bob_own.name.as_str()]);
     let status = list(
         ADA,
         ListConnectionsRequest {

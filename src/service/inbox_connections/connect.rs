@@ -187,10 +187,17 @@ fn oauth_provider_name(provider: OAuthProvider) -> &'static str {
     }
 }
 
-/// The health of a connection whose credentials were just proved.
-fn proved(at: SystemTime) -> Health {
+/// What proving credentials found: the probe reports, and whether they were proved at all (an
+/// OAuth grant without a configured client is stored unproved).
+struct Proof {
+    reports: Vec<ProbeReport>,
+    proved: bool,
+}
+
+/// The health of a connection whose credentials were proved at `at` (or not at all).
+fn health_after(proof: &Proof, at: SystemTime) -> Health {
     Health {
-        last_success_time: Some(at),
+        last_success_time: proof.proved.then_some(at),
         ..Health::default()
     }
 }
@@ -346,7 +353,7 @@ where
             false => None,
         };
         let keys = self.keys()?;
-        let reports = self
+        let proof = self
             .prove(
                 account_id,
                 &parsed.credentials,
@@ -387,8 +394,9 @@ where
             create_time: now,
             update_time: now,
             state_change_time: now,
-            health: proved(now),
+            health: health_after(&proof, now),
         };
+        let reports = proof.reports;
         if validate_only {
             return Ok(Connected {
                 connection,
@@ -590,7 +598,7 @@ where
         provider: Provider,
         servers: Option<&ConnectionServers>,
         context: &ProbeContext,
-    ) -> Result<Vec<ProbeReport>, ServiceError> {
+    ) -> Result<Proof, ServiceError> {
         match (credentials, servers) {
             (Credentials::Password(login), Some(servers)) => {
                 let login = ProbeCredentials {
@@ -610,20 +618,29 @@ where
                     .await
                     .map_err(probe_refused)?;
                 if reports.iter().all(|report| report.outcome.is_success()) {
-                    Ok(reports)
+                    Ok(Proof {
+                        reports,
+                        proved: true,
+                    })
                 } else {
                     Err(ServiceError::ProbeFailed { reports })
                 }
             }
             (Credentials::OAuth(grant), _) => {
                 match self.oauth.check(provider, &grant.refresh_token).await {
-                    GrantCheck::Valid => Ok(Vec::new()),
+                    GrantCheck::Valid => Ok(Proof {
+                        reports: Vec::new(),
+                        proved: true,
+                    }),
                     GrantCheck::NotConfigured => {
                         tracing::warn!(
                             provider = provider.as_str(),
                             "no OAuth client configured for the provider: the grant is stored unverified"
                         );
-                        Ok(Vec::new())
+                        Ok(Proof {
+                            reports: Vec::new(),
+                            proved: false,
+                        })
                     }
                     GrantCheck::Invalid(why) => Err(ServiceError::FailedPrecondition {
                         reason: "OAUTH_GRANT_INVALID",
@@ -681,7 +698,7 @@ where
             .parse("credentials", connection.provider, &connection.email)
             .map_err(credentials_error)?;
         let keys = self.keys()?;
-        let reports = self
+        let proof = self
             .prove(
                 connection.account_id,
                 &credentials,
@@ -691,6 +708,7 @@ where
             )
             .await?;
         let now = self.clock.now();
+        let reports = proof.reports;
         if validate_only {
             return Ok(Connected {
                 connection,
@@ -699,7 +717,7 @@ where
         }
         let change = ConnectionChange::Reactivate {
             credentials: credentials.seal(keys, connection.account_id, connection.id),
-            verified_at: now,
+            verified_at: proof.proved.then_some(now),
             next_check_time: Some(now + self.schedule.interval),
         };
         match self

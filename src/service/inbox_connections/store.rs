@@ -79,10 +79,10 @@ pub enum ConnectionInsertOutcome {
 pub enum ConnectionChange {
     /// DEACTIVATED, monitoring stopped; keeps everything else.
     Deactivate,
-    /// ACTIVE again with new credentials, proved at `verified_at`.
+    /// ACTIVE again with new credentials, proved at `verified_at` (`None`: not provable).
     Reactivate {
         credentials: SealedCredentials,
-        verified_at: SystemTime,
+        verified_at: Option<SystemTime>,
         next_check_time: Option<SystemTime>,
     },
     SetUsages(Vec<Usage>),
