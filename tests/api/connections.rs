@@ -726,7 +726,97 @@ async fn a_deleted_user_leaves_their_addresses_releasable(backend: Backend) {
         .unwrap();
 }
 
+/// AIP-163 and AIP-155: validate_only proves and stores nothing; a retry with the same request id
+/// returns the first connection, and the id cannot be reused for another address.
+async fn validate_only_and_request_ids(backend: Backend) {
+    let app = world(backend).await;
+    let mut client = client(&app);
+    let ada = token(&app, ADA);
+    let request = |address: &str, request_id: &str, validate_only: bool| {
+        authed(
+            &ada,
+            ConnectPersonalInboxRequest {
+                email_address: address.into(),
+                provider: Provider::Gmail.into(),
+                credentials: Some(grant(address, "1//x")),
+                validate_only,
+                request_id: request_id.into(),
+                ..Default::default()
+            },
+        )
+    };
+    let checked = client
+        .connect_personal_inbox(request("ada@acme.example", "", true))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(checked.name.is_empty(), "{checked:?}");
+    assert_eq!(checked.state(), ConnectionState::Active);
+    let listed = client
+        .list_connections(authed(&ada, ListConnectionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .connections;
+    assert!(listed.is_empty(), "validate_only stored {listed:?}");
+
+    let first = client
+        .connect_personal_inbox(request("ada@acme.example", "connect-1", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    let again = client
+        .connect_personal_inbox(request("ada@acme.example", "connect-1", false))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(again, first);
+    let status = client
+        .connect_personal_inbox(request("ada.l@acme.example", "connect-1", false))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["request_id"]);
+    let status = client
+        .connect_personal_inbox(request("ada.l@acme.example", &"x".repeat(129), false))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["request_id"]);
+}
+
+/// Without encryption keys, Postgres refuses to store credentials; the embedded SQLite default
+/// creates a key in its data directory.
+async fn credentials_need_an_encryption_key(backend: Backend) {
+    let app = crate::harness::spawn_app_with(backend, |settings| {
+        settings.inbox.encryption_keys = None;
+    })
+    .await;
+    seed_directory(&app, Tier::Professional).await;
+    let result = connect_gmail(&app, ADA, "ada@acme.example").await;
+    match backend {
+        Backend::Postgres => {
+            let status = result.unwrap_err();
+            assert_error(
+                &status,
+                Code::FailedPrecondition,
+                "ENCRYPTION_NOT_CONFIGURED",
+            );
+            assert!(status.message().contains("MAILCONNECT_ENCRYPTION_KEYS"));
+        }
+        Backend::Sqlite => {
+            result.unwrap();
+        }
+    }
+}
+
 backend_tests!(
+    validate_only_and_request_ids,
+    credentials_need_an_encryption_key,
     an_address_is_personal_or_team_never_both,
     concurrent_attempts_on_one_address_have_one_winner,
     usages_follow_the_kind,

@@ -9,7 +9,10 @@ use diesel::{Connection as _, PgConnection, QueryableByName, RunQueryDsl, Sqlite
 use mailconnect::domain::connection::parse_connection_name;
 use mailconnect::domain::sealing::Keyring;
 use mailconnect::domain::secret::Secret;
-use mailconnect::grpc::proto::{ConnectPersonalInboxRequest, Provider, Tier};
+use mailconnect::grpc::proto::inbox_connection_service_client::InboxConnectionServiceClient;
+use mailconnect::grpc::proto::{
+    ConnectPersonalInboxRequest, Provider, ReauthorizeConnectionRequest, Tier,
+};
 use mailconnect::service::inbox_connections::store::InboxConnectionStore;
 use mailconnect::service::key_rotation::rotate_keys;
 use mailconnect::storage::{Database, DatabaseUrl};
@@ -224,7 +227,98 @@ async fn the_rotate_keys_command_reseals_everything(backend: Backend) {
     );
 }
 
+/// The real binary at debug level, asked to connect, refuse and reauthorize with secrets: no log
+/// line carries one.
+async fn secrets_never_reach_the_logs(backend: Backend) {
+    let database = crate::harness::TestDatabase::create(backend);
+    let mut server = crate::process::ServerProcess::start(
+        &database,
+        &[],
+        &[
+            ("RUST_LOG", "debug"),
+            ("MAILCONNECT_ENCRYPTION_KEYS", TEST_ENCRYPTION_KEYS),
+        ],
+    );
+    server.wait_until_serving().await;
+    let mut client = InboxConnectionServiceClient::new(server.channel());
+    let ada = crate::harness::user_token(1, ADA, &[]);
+    const SECRETS: [&str; 4] = [
+        "1//stored-refresh-token-5e1f",
+        "password-refused-9b2c",
+        "1//mismatched-grant-77aa",
+        "1//reauthorized-token-c0de",
+    ];
+    let connected = client
+        .connect_personal_inbox(authed(
+            &ada,
+            ConnectPersonalInboxRequest {
+                email_address: "ada@acme.example".into(),
+                provider: Provider::Gmail.into(),
+                credentials: Some(grant("ada@acme.example", SECRETS[0])),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    let refused = client
+        .connect_personal_inbox(authed(
+            &ada,
+            ConnectPersonalInboxRequest {
+                email_address: "ada@nowhere-known.example".into(),
+                provider: Provider::Imap.into(),
+                credentials: Some(crate::inbox_world::password("ada", SECRETS[1])),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(!refused.message().contains(SECRETS[1]));
+    let refused = client
+        .connect_personal_inbox(authed(
+            &ada,
+            ConnectPersonalInboxRequest {
+                email_address: "ada.b@acme.example".into(),
+                provider: Provider::Gmail.into(),
+                credentials: Some(grant("someone@else.example", SECRETS[2])),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert!(!format!("{refused:?}").contains(SECRETS[2]));
+    client
+        .reauthorize_connection(authed(
+            &ada,
+            ReauthorizeConnectionRequest {
+                name: connected.name,
+                credentials: Some(grant("ada@acme.example", SECRETS[3])),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    server.terminate();
+    assert!(
+        server
+            .wait(std::time::Duration::from_secs(60))
+            .await
+            .success()
+    );
+    let logs = server.log_text();
+    assert!(
+        logs.contains("no OAuth client configured"),
+        "the calls were logged: {logs}"
+    );
+    for secret in SECRETS {
+        assert!(!logs.contains(secret), "{secret} was logged");
+    }
+}
+
 backend_tests!(
     credentials_are_sealed_bound_and_rotated,
     the_rotate_keys_command_reseals_everything,
+    secrets_never_reach_the_logs,
 );

@@ -125,6 +125,16 @@ impl ServerProcess {
         }
     }
 
+    /// Every log entry so far, one JSON object a line.
+    pub fn log_text(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|entry| format!("{entry}\n"))
+            .collect()
+    }
+
     /// Log entries so far whose message is `message`.
     pub fn logged(&self, message: &str) -> Vec<serde_json::Value> {
         self.logs
