@@ -18,12 +18,13 @@ use mailconnect::service::clock::ManualClock;
 use tonic::Code;
 
 use crate::backend_tests;
+use crate::fault_servers::FakeEws;
 use crate::harness::{Backend, TestApp, assert_error, authed, eventually, spawn_app_on};
 use crate::inbox_world::{
     ACCESS, ADA, ADMIN, client, create_inbox, get_connection, grant, login, password,
     seed_directory, seed_user, token,
 };
-use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, USER, free_port};
+use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, free_port};
 use crate::token_endpoint::{CLIENT_ID, CLIENT_SECRET, TokenEndpoint, field};
 
 /// The monitor's interval in these tests (the default).
@@ -551,7 +552,80 @@ async fn two_replicas_check_each_connection_once_and_mail_once() {
     drop(second);
 }
 
+/// Exchange connects log in to EWS with the password before anything is stored, and a personal
+/// connection takes its usages from the preset's scopes (CALENDAR: calendar and meetings).
+async fn exchange_connects_log_in_and_take_the_presets_scopes(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ews = FakeEws::start(&ca.issue(dir.path(), &["127.0.0.1"])).await;
+    let ca_file = dir.path().join("ca.pem");
+    ca.write_pem(&ca_file);
+    let tokens = TokenEndpoint::start().await;
+    let clock = clock();
+    let app = app_on(backend, &clock, free_port(), &tokens, |settings| {
+        settings.probe.probe_ca_files = vec![crate::domain_settings::parse_ca(&ca_file)];
+    })
+    .await;
+    DomainSettingsServiceClient::new(app.channel.clone())
+        .create_domain_settings(authed(
+            &token(&app, ADMIN),
+            CreateDomainSettingsRequest {
+                domain_settings: Some(DomainSettings {
+                    domain: "acme.example".into(),
+                    settings: Some(Servers::Exchange(proto::ExchangeSettings {
+                        exchange_url: format!(
+                            "https://127.0.0.1:{}/basic/EWS/Exchange.asmx",
+                            ews.port
+                        ),
+                        scopes: vec![proto::ExchangeScope::Calendar.into()],
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let connect = |secret: &'static str| {
+        let mut client = client(&app);
+        let token = token(&app, ADA);
+        async move {
+            client
+                .connect_personal_inbox(authed(
+                    &token,
+                    ConnectPersonalInboxRequest {
+                        email_address: "ada@acme.example".into(),
+                        provider: Provider::Exchange.into(),
+                        credentials: Some(password(USER, secret)),
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+    };
+    let status = connect("not the password").await.unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "PROBE_FAILED");
+    let connected = connect(PASSWORD).await.unwrap().into_inner();
+    let connection = connected.connection.unwrap();
+    assert_eq!(
+        connection.usages().collect::<Vec<_>>(),
+        [proto::Usage::Meetings, proto::Usage::Calendar]
+    );
+    let servers = connection.servers.unwrap();
+    assert_eq!(servers.source(), SettingsSource::AdminPreset);
+    assert!(servers.exchange_url.contains("/basic/EWS/"), "{servers:?}");
+    assert!(
+        connected.reports[0]
+            .stages
+            .iter()
+            .any(|stage| stage.name == "login" && stage.outcome() == ProbeOutcome::Ok),
+        "{:?}",
+        connected.reports
+    );
+}
+
 backend_tests!(
+    exchange_connects_log_in_and_take_the_presets_scopes,
     a_changed_password_disconnects_and_mails_the_right_people,
     an_outage_disconnects_only_after_the_threshold,
     oauth_grants_are_proved_at_the_token_endpoint,

@@ -117,7 +117,7 @@ fn get(name: &str) -> GetDomainSettingsRequest {
 }
 
 /// The CA file as the configuration would read it.
-fn parse_ca(path: &std::path::Path) -> mailconnect::config::CaFile {
+pub fn parse_ca(path: &std::path::Path) -> mailconnect::config::CaFile {
     use rustls::pki_types::pem::PemObject as _;
     mailconnect::config::CaFile {
         path: path.to_owned(),
