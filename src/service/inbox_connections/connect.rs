@@ -22,7 +22,7 @@ use crate::domain::probe::{ProbeContext, ProbeCredentials, ProbeReport};
 use crate::domain::providers::OAuthProvider;
 use crate::service::ServiceError;
 use crate::service::conditions;
-use crate::service::domain_settings::{BuiltinAccess, Resolution, WriteOutcome};
+use crate::service::domain_settings::{BuiltinAccess, Resolution};
 use crate::service::probing::{ProbeFields, Prober, probe_refused, probe_requests};
 
 use super::store::{
@@ -720,17 +720,10 @@ where
             verified_at: proof.proved.then_some(now),
             next_check_time: Some(now + self.schedule.interval),
         };
-        match self
-            .store
-            .change_connection(connection.account_id, id, expected, change, now)
-            .await?
-        {
-            WriteOutcome::Done(connection) => Ok(Connected {
-                connection,
-                reports,
-            }),
-            WriteOutcome::NotFound => Err(connection_not_found(id)),
-            WriteOutcome::Stale => Err(stale(name)),
-        }
+        let connection = self.change(&connection, expected, change, name).await?;
+        Ok(Connected {
+            connection,
+            reports,
+        })
     }
 }

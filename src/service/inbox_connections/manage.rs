@@ -59,6 +59,27 @@ where
     O: TokenRefresher,
     R: SettingsResolver,
 {
+    /// Applies `change` to the connection (if still at `expected`), as of now.
+    pub(super) async fn change(
+        &self,
+        connection: &Connection,
+        expected: Option<i64>,
+        change: ConnectionChange,
+        name: &str,
+    ) -> Result<Connection, ServiceError> {
+        let result = self
+            .store
+            .change_connection(
+                connection.account_id,
+                connection.id,
+                expected,
+                change,
+                self.clock.now(),
+            )
+            .await?;
+        outcome(result, connection.id, name)
+    }
+
     pub async fn get_connection(
         &self,
         principal: &Principal,
@@ -152,17 +173,8 @@ where
         if connection.state == ConnectionState::Deactivated {
             return Ok(connection);
         }
-        let result = self
-            .store
-            .change_connection(
-                connection.account_id,
-                id,
-                expected,
-                ConnectionChange::Deactivate,
-                self.clock.now(),
-            )
-            .await?;
-        outcome(result, id, name)
+        self.change(&connection, expected, ConnectionChange::Deactivate, name)
+            .await
     }
 
     pub async fn delete_connection(
@@ -205,17 +217,13 @@ where
                     violations,
                 }
             })?;
-        let result = self
-            .store
-            .change_connection(
-                connection.account_id,
-                id,
-                expected,
-                ConnectionChange::SetUsages(usages),
-                self.clock.now(),
-            )
-            .await?;
-        outcome(result, id, name)
+        self.change(
+            &connection,
+            expected,
+            ConnectionChange::SetUsages(usages),
+            name,
+        )
+        .await
     }
 
     /// Deletes whatever connection holds the address (typically a personal connection of a
