@@ -29,6 +29,23 @@ README = ROOT / "README.md"
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0"]
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 MAIL_PORTS = {25, 465, 587, 2525, 143, 993, 443}
+# Settings that only ever come from the Secret.
+SECRET_SETTINGS = {
+    "MAILCONNECT_DATABASE_URL",
+    "MAILCONNECT_JWT_SECRET",
+    "MAILCONNECT_ENCRYPTION_KEYS",
+    "MAILCONNECT_SMTP_RELAY_URL",
+    "MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET",
+    "MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET",
+}
+# The optional Secret entries of issue 14: field in secrets / secrets.keys -> (variable, the
+# entry's name in the chart's own Secret).
+OPTIONAL_SECRETS = {
+    "smtpRelayUrl": ("MAILCONNECT_SMTP_RELAY_URL", "smtp-relay-url"),
+    "googleOAuthClientSecret": ("MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET", "google-oauth-client-secret"),
+    "microsoftOAuthClientSecret": ("MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET", "microsoft-oauth-client-secret"),
+}
+
 
 passed = 0
 failed = 0
@@ -198,6 +215,15 @@ def secret_refs(container: dict) -> dict[str, dict]:
     }
 
 
+def optional_secret_configured(values: dict, field: str) -> bool:
+    """Whether values configure an optional Secret entry (relay URL, OAuth client secret): named
+    in secrets.keys with an existing Secret, given a value without one."""
+    secrets = values.get("secrets", {})
+    if secrets.get("existingSecret"):
+        return bool(secrets.get("keys", {}).get(field))
+    return bool(secrets.get(field))
+
+
 def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) -> None:
     """What every release must be, whatever its values."""
     validate_schemas(label, manifests)
@@ -255,11 +281,22 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
         ("MAILCONNECT_JWT_SECRET" in refs) == shared,
     )
     plain_env = {env["name"] for env in server.get("env", []) if "value" in env}
-    secret_names = {"MAILCONNECT_DATABASE_URL", "MAILCONNECT_JWT_SECRET", "MAILCONNECT_ENCRYPTION_KEYS"}
     check(
         f"{label}: no secret setting in the ConfigMap or as a plain value",
-        not (secret_names & set(config)) and not (secret_names & plain_env),
-        str(secret_names & (set(config) | plain_env)),
+        not (SECRET_SETTINGS & set(config)) and not (SECRET_SETTINGS & plain_env),
+        str(SECRET_SETTINGS & (set(config) | plain_env)),
+    )
+    optional_refs = {name: ref for name, ref in refs.items() if ref.get("optional")}
+    check(f"{label}: no Secret reference is optional", optional_refs == {}, str(optional_refs))
+    expected_optional = {
+        env for field, (env, _) in OPTIONAL_SECRETS.items() if optional_secret_configured(values, field)
+    }
+    check(
+        f"{label}: relay and OAuth client secrets from the Secret exactly when configured "
+        f"({sorted(expected_optional)})",
+        {env for env, _ in OPTIONAL_SECRETS.values()} & set(refs) == expected_optional
+        and all(refs[env]["name"] == expected_secret for env in expected_optional),
+        str(sorted(refs)),
     )
     check(
         f"{label}: ConfigMap holds no credentials",
@@ -827,6 +864,231 @@ def check_defect_12() -> None:
         )
 
 
+def server_env(manifests: dict[str, list[dict]]) -> dict[str, dict]:
+    """The server container's env entries by name."""
+    container = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {env["name"]: env for env in container.get("env", [])}
+
+
+def check_issue_14(production: dict) -> None:
+    """InboxConnectionService's settings: the monitor and limits in the ConfigMap, the relay and
+    the OAuth clients (ids and token URLs plain, secrets from the Secret, left out when empty)."""
+    import base64
+
+    inbox_env = {env for env, _ in OPTIONAL_SECRETS.values()} | {
+        "MAILCONNECT_NOTIFICATION_FROM",
+        "MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID",
+        "MAILCONNECT_GOOGLE_OAUTH_TOKEN_URL",
+        "MAILCONNECT_MICROSOFT_OAUTH_CLIENT_ID",
+        "MAILCONNECT_MICROSOFT_OAUTH_TOKEN_URL",
+    }
+    with group("issue 14: defaults"):
+        manifests = render({})
+        config = one(manifests, "ConfigMap")["data"]
+        expected = {
+            "MAILCONNECT_INBOX_LIMITS": "enterprise=100,free=1,professional=100,starter=1",
+            "MAILCONNECT_CONNECTION_CHECK_INTERVAL": "15m",
+            "MAILCONNECT_CONNECTION_FAILURE_THRESHOLD": "3",
+            "MAILCONNECT_CONNECTION_FAILURE_MIN_SPAN": "30m",
+            "MAILCONNECT_CONNECTION_CHECK_CONCURRENCY": "8",
+            "MAILCONNECT_BACKGROUND_POLL_INTERVAL": "5s",
+        }
+        for key, value in expected.items():
+            check(f"issue 14: the ConfigMap sets {key}={value}", config.get(key) == value, str(config.get(key)))
+        check(
+            "issue 14: no relay, From or OAuth client by default (nothing in the ConfigMap or env)",
+            not (inbox_env & (set(config) | set(server_env(manifests)))),
+            str(inbox_env & (set(config) | set(server_env(manifests)))),
+        )
+        check(
+            "issue 14: the chart's Secret holds no relay or client secret entry by default",
+            set(one(manifests, "Secret")["data"]) == {"database-url", "jwt-secret"},
+            str(set(one(manifests, "Secret")["data"])),
+        )
+    with group("issue 14: empty values are left out"):
+        empty = {
+            "secrets": {"smtpRelayUrl": "", "googleOAuthClientSecret": "", "microsoftOAuthClientSecret": ""},
+            "oauth": {"google": {"clientId": "", "tokenUrl": ""}, "microsoft": {"clientId": "", "tokenUrl": ""}},
+            "config": {"notificationFrom": ""},
+        }
+        manifests = render(empty)
+        present = inbox_env & (set(one(manifests, "ConfigMap")["data"]) | set(server_env(manifests)))
+        check(
+            "issue 14: empty relay URL, client ids, secrets, token URLs and From set no variable "
+            "(the server would take an empty relay URL for a relay)",
+            present == set(),
+            str(present),
+        )
+        check(
+            "issue 14: and no empty entries in the chart's Secret",
+            set(one(manifests, "Secret")["data"]) == {"database-url", "jwt-secret"},
+        )
+    with group("issue 14: whole numbers"):
+        big = {"config": {"connectionFailureThreshold": 1000000, "connectionCheckConcurrency": 2000000,
+                          "inboxLimits": {"enterprise": 1000000}}}
+        config = one(render(big), "ConfigMap")["data"]
+        check(
+            "issue 14: failure threshold and check concurrency render as digits",
+            config.get("MAILCONNECT_CONNECTION_FAILURE_THRESHOLD") == "1000000"
+            and config.get("MAILCONNECT_CONNECTION_CHECK_CONCURRENCY") == "2000000",
+            f"{config.get('MAILCONNECT_CONNECTION_FAILURE_THRESHOLD')} {config.get('MAILCONNECT_CONNECTION_CHECK_CONCURRENCY')}",
+        )
+        check(
+            "issue 14: inbox limits render as digits; tiers not set keep the defaults",
+            config.get("MAILCONNECT_INBOX_LIMITS") == "enterprise=1000000,free=1,professional=100,starter=1",
+            str(config.get("MAILCONNECT_INBOX_LIMITS")),
+        )
+    chart_made = {
+        "secrets": {
+            "smtpRelayUrl": "smtp://notify:relay-pass@smtp.example.com:587?tls=required",
+            "googleOAuthClientSecret": "google-client-secret-value",
+            "microsoftOAuthClientSecret": "microsoft-client-secret-value",
+        },
+        "oauth": {
+            "google": {"clientId": "1234-abc.apps.googleusercontent.com"},
+            "microsoft": {"clientId": "6f1c2b7e-3d4a-4e5f-9a8b-0c1d2e3f4a5b",
+                          "tokenUrl": "https://login.example.com:8443/tenant/oauth2/v2.0/token"},
+        },
+        "config": {"notificationFrom": "CRM <mail-connections@example.com>"},
+    }
+    with group("issue 14: relay and OAuth clients in the chart's Secret"):
+        manifests = render(chart_made)
+        validate_schemas("issue 14: relay and OAuth clients in the chart's Secret", manifests)
+        check_release("issue 14 chart's Secret", chart_made, manifests)
+        env = server_env(manifests)
+        data = one(manifests, "Secret")["data"]
+        for field, (name, entry) in OPTIONAL_SECRETS.items():
+            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(
+                f"issue 14: {name} from the chart's Secret, entry {entry}, not optional",
+                ref.get("name") == "mc-mailconnect-chart-secret" and ref.get("key") == entry
+                and not ref.get("optional"),
+                str(ref),
+            )
+            check(
+                f"issue 14: the chart's Secret holds secrets.{field} as {entry}",
+                base64.b64decode(data.get(entry, "")).decode() == chart_made["secrets"][field],
+            )
+        config = one(manifests, "ConfigMap")["data"]
+        check(
+            "issue 14: From, client ids and the token URL given are plain settings",
+            config.get("MAILCONNECT_NOTIFICATION_FROM") == "CRM <mail-connections@example.com>"
+            and config.get("MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID") == "1234-abc.apps.googleusercontent.com"
+            and config.get("MAILCONNECT_MICROSOFT_OAUTH_CLIENT_ID") == "6f1c2b7e-3d4a-4e5f-9a8b-0c1d2e3f4a5b"
+            and config.get("MAILCONNECT_MICROSOFT_OAUTH_TOKEN_URL")
+            == "https://login.example.com:8443/tenant/oauth2/v2.0/token",
+        )
+        check(
+            "issue 14: a token URL left empty is the server's default (not set)",
+            "MAILCONNECT_GOOGLE_OAUTH_TOKEN_URL" not in config,
+        )
+        plain = yaml.safe_dump(one(manifests, "ConfigMap")) + yaml.safe_dump(
+            [e for e in env.values() if "value" in e])
+        check(
+            "issue 14: the relay's password and the client secrets appear in no plain setting",
+            not any(secret in plain for secret in ("relay-pass", "client-secret-value")),
+        )
+        check(
+            "issue 14: a new relay URL rolls the pods (checksum/secret)",
+            pod_annotations(manifests)["checksum/secret"]
+            != pod_annotations(render({**chart_made, "secrets": {**chart_made["secrets"],
+                                        "smtpRelayUrl": "smtps://smtp.example.com:465"}}))["checksum/secret"],
+        )
+        renamed = render({**chart_made, "secrets": {**chart_made["secrets"], "keys": {"smtpRelayUrl": "relay"}}})
+        check(
+            "issue 14: secrets.keys names the relay's entry in the chart's Secret too",
+            "relay" in one(renamed, "Secret")["data"]
+            and server_env(renamed)["MAILCONNECT_SMTP_RELAY_URL"]["valueFrom"]["secretKeyRef"]["key"] == "relay",
+        )
+    with group("issue 14: existing Secret"):
+        older = render({"secrets": {"existingSecret": "mailconnect"}})
+        env = server_env(older)
+        check(
+            "issue 14: an existing Secret without the new entries keeps working (none referenced)",
+            not ({name for name, _ in OPTIONAL_SECRETS.values()} & set(env))
+            and "MAILCONNECT_ENCRYPTION_KEYS" in env,
+        )
+        named = {
+            "secrets": {"existingSecret": "mailconnect", "keys": {
+                "smtpRelayUrl": "relay-url", "googleOAuthClientSecret": "google-secret",
+                "microsoftOAuthClientSecret": "microsoft-secret"}},
+            "oauth": chart_made["oauth"],
+        }
+        manifests = render(named)
+        check_release("issue 14 existing Secret", named, manifests)
+        env = server_env(manifests)
+        for field, (name, _) in OPTIONAL_SECRETS.items():
+            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(
+                f"issue 14: {name} from the existing Secret's entry secrets.keys.{field}, required",
+                ref == {"name": "mailconnect", "key": named["secrets"]["keys"][field]},
+                str(ref),
+            )
+        expect_render_error(
+            "issue 14: a relay URL in values beside an existing Secret is refused (it would be ignored)",
+            {"secrets": {"existingSecret": "mailconnect", "smtpRelayUrl": "smtp://relay:25"}},
+            "secrets.smtpRelayUrl is not used with secrets.existingSecret",
+        )
+        expect_render_error(
+            "issue 14: a Google client secret without its client id is refused",
+            {"secrets": {"googleOAuthClientSecret": "s"}},
+            "needs oauth.google.clientId",
+        )
+        expect_render_error(
+            "issue 14: a Microsoft client secret entry without its client id is refused",
+            {"secrets": {"existingSecret": "mailconnect", "keys": {"microsoftOAuthClientSecret": "m"}}},
+            "needs oauth.microsoft.clientId",
+        )
+        public_client = render({"oauth": {"google": {"clientId": "public-client"}}})
+        check(
+            "issue 14: a client id without a secret (a public client) sets no secret variable",
+            "MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET" not in server_env(public_client)
+            and one(public_client, "ConfigMap")["data"].get("MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID") == "public-client",
+        )
+    with group("issue 14: production"):
+        manifests = render(production)
+        env = server_env(manifests)
+        keys = production["secrets"]["keys"]
+        for field, (name, _) in OPTIONAL_SECRETS.items():
+            ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef", {})
+            check(
+                f"production: {name} from the existing Secret ({keys.get(field)}), required",
+                ref == {"name": "mailconnect-production", "key": keys.get(field)},
+                str(ref),
+            )
+        config = one(manifests, "ConfigMap")["data"]
+        check(
+            "production: Google and Microsoft client ids, the From and the inbox limits",
+            config.get("MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID") == production["oauth"]["google"]["clientId"]
+            and config.get("MAILCONNECT_MICROSOFT_OAUTH_CLIENT_ID") == production["oauth"]["microsoft"]["clientId"]
+            and config.get("MAILCONNECT_NOTIFICATION_FROM") == production["config"]["notificationFrom"]
+            and config.get("MAILCONNECT_INBOX_LIMITS") == "enterprise=1000,free=1,professional=250,starter=1",
+            str({k: v for k, v in config.items() if k in inbox_env or "INBOX" in k}),
+        )
+    with group("issue 14: schema"):
+        for label, values, message in [
+            ("a failure threshold of 0", {"config": {"connectionFailureThreshold": 0}},
+             "'/config/connectionFailureThreshold': minimum"),
+            ("a check concurrency as a string", {"config": {"connectionCheckConcurrency": "8"}},
+             "'/config/connectionCheckConcurrency': got string"),
+            ("an unknown tier", {"config": {"inboxLimits": {"gold": 3}}}, "'/config/inboxLimits': additional properties 'gold'"),
+            ("a negative inbox limit", {"config": {"inboxLimits": {"free": -1}}}, "'/config/inboxLimits/free': minimum"),
+            ("a check interval that is no duration", {"config": {"connectionCheckInterval": "15 minutes"}},
+             "'/config/connectionCheckInterval': '15 minutes' does not match"),
+            ("a token URL that is not http(s)", {"oauth": {"google": {"clientId": "g", "tokenUrl": "ftp://x/t"}}},
+             "'/oauth/google/tokenUrl': 'ftp://x/t' does not match"),
+            ("a relay URL that is not smtp(s)", {"secrets": {"smtpRelayUrl": "relay.example.com:25"}},
+             "'/secrets/smtpRelayUrl': 'relay.example.com:25' does not match"),
+            ("the relay URL in config.extra (a secret in the ConfigMap)",
+             {"config": {"extra": {"MAILCONNECT_SMTP_RELAY_URL": "smtp://u:p@relay:25"}}},
+             "invalid propertyName 'MAILCONNECT_SMTP_RELAY_URL'"),
+            ("an OAuth client secret in config.extra",
+             {"config": {"extra": {"MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET": "s"}}},
+             "invalid propertyName 'MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET'"),
+        ]:
+            expect_render_error(f"issue 14: the schema refuses {label}", values, message)
+
+
 def check_conventions() -> None:
     with group("convention: topology spread"):
         manifests = render({})
@@ -1082,6 +1344,7 @@ def main() -> int:
         check_defect_10(Path(tmp))
         check_defect_11()
         check_defect_12()
+        check_issue_14(production)
         check_conventions()
         check_docs()
 

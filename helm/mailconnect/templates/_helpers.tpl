@@ -216,15 +216,58 @@ Deployment, so every render runs them. */}}
 {{- if and .Values.tls.enabled .Values.tls.mutual (not .Values.tls.clientCa.secretName) }}
 {{- fail "tls.mutual needs tls.clientCa.secretName: a Secret holding the CA that signs client certificates (the serving certificate's ca.crt is not used)" }}
 {{- end }}
+{{- $secrets := .Values.secrets }}
+{{- range $field, $_ := include "mailconnect.optionalSecrets" . | fromYaml }}
+{{- if and $secrets.existingSecret (get $secrets $field) }}
+{{- fail (printf "secrets.%s is not used with secrets.existingSecret: put it in Secret %s and name its entry in secrets.keys.%s" $field $secrets.existingSecret $field) }}
+{{- end }}
+{{- end }}
+{{- range $provider := list "google" "microsoft" }}
+{{- $field := printf "%sOAuthClientSecret" $provider }}
+{{- if and (include "mailconnect.optionalSecretKey" (dict "ctx" $ "field" $field)) (not (get $.Values.oauth $provider).clientId) }}
+{{- fail (printf "a client secret for %s (secrets.%s or secrets.keys.%s) needs oauth.%s.clientId: without a client id the server verifies no grant" $provider $field $field $provider) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* An env entry from an entry of the Secret (the chart's or secrets.existingSecret). Never
+optional: a mistyped entry name stops the pod (CreateContainerConfigError) instead of starting a
+server without the setting. Arguments: ctx (the chart's context), name (the variable), key (the
+entry). */}}
+{{- define "mailconnect.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mailconnect.secretName" .ctx }}
+      key: {{ .key }}
 {{- end }}
 
 {{/* The database URL from the Secret, for the server and the migration Job. */}}
 {{- define "mailconnect.databaseUrlEnv" -}}
-- name: MAILCONNECT_DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "mailconnect.secretName" . }}
-      key: {{ .Values.secrets.keys.databaseUrl }}
+{{- include "mailconnect.secretEnv" (dict "ctx" . "name" "MAILCONNECT_DATABASE_URL" "key" .Values.secrets.keys.databaseUrl) }}
+{{- end }}
+
+{{/* The Secret entries of optional settings: the variable each one sets, by its field in
+secrets and secrets.keys, and its name in the chart's own Secret unless secrets.keys names it. */}}
+{{- define "mailconnect.optionalSecrets" -}}
+smtpRelayUrl: {env: MAILCONNECT_SMTP_RELAY_URL, entry: smtp-relay-url}
+googleOAuthClientSecret: {env: MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET, entry: google-oauth-client-secret}
+microsoftOAuthClientSecret: {env: MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET, entry: microsoft-oauth-client-secret}
+{{- end }}
+
+{{/* The entry holding an optional secret setting when it is configured, else empty: with
+secrets.existingSecret, the entry named in secrets.keys (empty there = that Secret has none);
+without, its entry in the chart's Secret when a value is given (an empty value configures
+nothing: the server would take an empty relay URL for a relay). Arguments: ctx, field (e.g.
+smtpRelayUrl). */}}
+{{- define "mailconnect.optionalSecretKey" -}}
+{{- $secrets := .ctx.Values.secrets }}
+{{- $key := get $secrets.keys .field }}
+{{- if $secrets.existingSecret }}
+{{- $key }}
+{{- else if get $secrets .field }}
+{{- $key | default (get (get (include "mailconnect.optionalSecrets" .ctx | fromYaml) .field) "entry") }}
+{{- end }}
 {{- end }}
 
 {{/* Writable scratch space under a read-only root filesystem. */}}
