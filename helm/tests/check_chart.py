@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import helm_python as helm
@@ -45,7 +46,10 @@ OPTIONAL_SECRETS = {
     "googleOAuthClientSecret": ("MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET", "google-oauth-client-secret"),
     "microsoftOAuthClientSecret": ("MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET", "microsoft-oauth-client-secret"),
 }
-
+DEFAULT_TOKEN_URLS = {
+    "google": "https://oauth2.googleapis.com/token",
+    "microsoft": "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+}
 
 passed = 0
 failed = 0
@@ -224,6 +228,17 @@ def optional_secret_configured(values: dict, field: str) -> bool:
     return bool(secrets.get(field))
 
 
+def token_ports(values: dict) -> set[int]:
+    """Ports of the configured OAuth clients' token endpoints."""
+    ports = set()
+    for provider, default in DEFAULT_TOKEN_URLS.items():
+        client = values.get("oauth", {}).get(provider, {})
+        if client.get("clientId"):
+            url = urllib.parse.urlsplit(client.get("tokenUrl") or default)
+            ports.add(url.port or (80 if url.scheme == "http" else 443))
+    return ports
+
+
 def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) -> None:
     """What every release must be, whatever its values."""
     validate_schemas(label, manifests)
@@ -365,8 +380,13 @@ def check_release(label: str, values: dict, manifests: dict[str, list[dict]]) ->
     otlp = values.get("telemetry", {}).get("otlpEndpoint")
     if otlp:
         expected.add((4317, "TCP"))
+    relay = optional_secret_configured(values, "smtpRelayUrl")
+    if relay:
+        expected.add((values.get("networkPolicy", {}).get("egress", {}).get("relayPort", 587), "TCP"))
+    expected |= {(port, "TCP") for port in token_ports(values)}
     check(
-        f"{label}: egress ports are exactly DNS, Postgres, mail{', OTLP' if otlp else ''}",
+        f"{label}: egress ports are exactly DNS, Postgres, mail{', OTLP' if otlp else ''}"
+        f"{', relay' if relay else ''}{', OAuth token endpoints' if token_ports(values) else ''}",
         egress_ports == expected,
         f"{sorted(egress_ports)} != {sorted(expected)}",
     )
@@ -870,9 +890,30 @@ def server_env(manifests: dict[str, list[dict]]) -> dict[str, dict]:
     return {env["name"]: env for env in container.get("env", [])}
 
 
+def egress_rules_with_ports(manifests: dict[str, list[dict]], ports: set[int]) -> list[dict]:
+    """The server NetworkPolicy's egress rules whose TCP ports are exactly these."""
+    policy = one(manifests, "NetworkPolicy", server_name(manifests))["spec"]
+    return [
+        rule for rule in policy["egress"]
+        if {p["port"] for p in rule["ports"]} == ports and all(p.get("protocol") == "TCP" for p in rule["ports"])
+    ]
+
+
+def reaches_public_v4_and_v6(rule: dict) -> bool:
+    """The rule's peers are public IPv4 and IPv6: 0.0.0.0/0 and ::/0 without private ranges."""
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"].get("except", []))
+              for peer in rule.get("to", []) if "ipBlock" in peer}
+    return (
+        {"0.0.0.0/0", "::/0"} <= set(blocks)
+        and {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= blocks["0.0.0.0/0"]
+        and {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
+    )
+
+
 def check_issue_14(production: dict) -> None:
     """InboxConnectionService's settings: the monitor and limits in the ConfigMap, the relay and
-    the OAuth clients (ids and token URLs plain, secrets from the Secret, left out when empty)."""
+    the OAuth clients (ids and token URLs plain, secrets from the Secret, left out when empty), and
+    the NetworkPolicy's egress to the relay and the token endpoints."""
     import base64
 
     inbox_env = {env for env, _ in OPTIONAL_SECRETS.values()} | {
@@ -904,6 +945,10 @@ def check_issue_14(production: dict) -> None:
             "issue 14: the chart's Secret holds no relay or client secret entry by default",
             set(one(manifests, "Secret")["data"]) == {"database-url", "jwt-secret"},
             str(set(one(manifests, "Secret")["data"])),
+        )
+        check(
+            "issue 14: no egress rule for a relay or token endpoint by default",
+            len(one(manifests, "NetworkPolicy", "mc-mailconnect")["spec"]["egress"]) == 3,
         )
     with group("issue 14: empty values are left out"):
         empty = {
@@ -1045,6 +1090,51 @@ def check_issue_14(production: dict) -> None:
             "MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET" not in server_env(public_client)
             and one(public_client, "ConfigMap")["data"].get("MAILCONNECT_GOOGLE_OAUTH_CLIENT_ID") == "public-client",
         )
+    with group("issue 14: NetworkPolicy"):
+        manifests = render(chart_made)
+        relay = egress_rules_with_ports(manifests, {587})
+        check(
+            "issue 14: a rule of its own to the relay's port (587), any address by default",
+            len(relay) == 1 and "to" not in relay[0],
+            str(relay),
+        )
+        oauth = egress_rules_with_ports(manifests, {443, 8443})
+        check(
+            "issue 14: a rule to the token endpoints' ports (443, and 8443 from a token URL)",
+            len(oauth) == 1,
+            str(egress_rules_with_ports(manifests, {443})),
+        )
+        check(
+            "issue 14: token endpoints on public IPv4 and IPv6 only",
+            bool(oauth) and reaches_public_v4_and_v6(oauth[0]),
+        )
+        in_cluster = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mail"}}}]
+        narrowed = {
+            **chart_made,
+            "oauth": {"google": {"clientId": "g"}},
+            "networkPolicy": {"egress": {
+                "mailPorts": [993], "mailTo": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+                "relayPort": 1025, "relayTo": in_cluster}},
+        }
+        narrowed["secrets"] = {"smtpRelayUrl": "smtp://relay.mail.svc:1025"}
+        manifests = render(narrowed)
+        validate_schemas("issue 14: relay in the cluster, mail egress narrowed", manifests)
+        relay = egress_rules_with_ports(manifests, {1025})
+        check(
+            "issue 14: networkPolicy.egress.relayPort and relayTo (a relay in the cluster)",
+            len(relay) == 1 and relay[0].get("to") == in_cluster,
+            str(relay),
+        )
+        oauth = egress_rules_with_ports(manifests, {443})
+        check(
+            "issue 14: the token endpoints stay reachable when mailPorts and mailTo are narrowed",
+            len(oauth) == 1 and reaches_public_v4_and_v6(oauth[0]),
+        )
+        existing = render({"secrets": {"existingSecret": "mailconnect", "keys": {"smtpRelayUrl": "relay-url"}}})
+        check(
+            "issue 14: a relay from an existing Secret opens its port too",
+            len(egress_rules_with_ports(existing, {587})) == 1,
+        )
     with group("issue 14: production"):
         manifests = render(production)
         env = server_env(manifests)
@@ -1064,6 +1154,16 @@ def check_issue_14(production: dict) -> None:
             and config.get("MAILCONNECT_NOTIFICATION_FROM") == production["config"]["notificationFrom"]
             and config.get("MAILCONNECT_INBOX_LIMITS") == "enterprise=1000,free=1,professional=250,starter=1",
             str({k: v for k, v in config.items() if k in inbox_env or "INBOX" in k}),
+        )
+        relay = egress_rules_with_ports(manifests, {production["networkPolicy"]["egress"]["relayPort"]})
+        check(
+            "production: egress to the relay in its namespace",
+            len(relay) == 1 and relay[0].get("to") == production["networkPolicy"]["egress"]["relayTo"],
+        )
+        oauth = egress_rules_with_ports(manifests, {443})
+        check(
+            "production: egress to the token endpoints over HTTPS, public IPv4 and IPv6",
+            len(oauth) == 1 and reaches_public_v4_and_v6(oauth[0]),
         )
     with group("issue 14: schema"):
         for label, values, message in [

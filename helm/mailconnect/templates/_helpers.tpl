@@ -270,6 +270,22 @@ smtpRelayUrl). */}}
 {{- end }}
 {{- end }}
 
+{{/* The ports of the configured OAuth clients' token endpoints, comma-separated (empty without
+a client): the token URL's port, else 443 (80 for http://); an empty token URL is the server's
+default, Google's or Microsoft's, on 443. */}}
+{{- define "mailconnect.oauthTokenPorts" -}}
+{{- $ports := list }}
+{{- range $provider := list "google" "microsoft" }}
+{{- $client := get $.Values.oauth $provider }}
+{{- if $client.clientId }}
+{{- $url := urlParse ($client.tokenUrl | default "https://server-default") }}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) }}
+{{- $ports = append $ports ($port | default (eq $url.scheme "http" | ternary "80" "443")) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | sortAlpha | join "," }}
+{{- end }}
+
 {{/* Writable scratch space under a read-only root filesystem. */}}
 {{- define "mailconnect.scratchVolumes" -}}
 - name: tmp
