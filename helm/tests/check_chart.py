@@ -1380,6 +1380,20 @@ def check_docs() -> None:
             "create secret generic mailconnect" in deploy
             and "secrets.existingSecret=mailconnect" in deploy,
         )
+        entries = ["encryption-keys", "smtp-relay-url", "google-oauth-client-secret", "microsoft-oauth-client-secret"]
+        check(
+            "issue 14, docs: README's Secret has the encryption keys (openssl rand -base64 32), the "
+            "relay and the OAuth client secrets, and names them for the chart",
+            all(f"--from-literal={entry}=" in deploy for entry in entries)
+            and "openssl rand -base64 32" in deploy
+            and all(f"secrets.keys.{field}=" in deploy for field in OPTIONAL_SECRETS),
+            str([entry for entry in entries if f"--from-literal={entry}=" not in deploy]),
+        )
+        check(
+            "issue 14, docs: README says notifications are only listed without a relay, and grants "
+            "stored unverified without an OAuth client",
+            "only listed" in deploy and "unverified" in deploy,
+        )
 
 
 def main() -> int:
