@@ -318,8 +318,26 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    /// Stops the server as SIGTERM would and waits for it, so that its pool, listener and
+    /// workers are closed and joined: a thread left inside libpq while the test process exits
+    /// crashed it in OpenSSL's or Kerberos' exit handlers. A test that failed (panicking) or runs
+    /// on a single-threaded runtime, where nothing can be waited for here, aborts the server.
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let waitable = !std::thread::panicking()
+            && tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
+        if waitable {
+            let _ = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(server)
+            });
+        } else {
             server.abort();
         }
     }
