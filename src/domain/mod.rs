@@ -16,6 +16,7 @@ pub mod probe;
 pub mod providers;
 pub mod sealing;
 pub mod secret;
+pub mod special_purpose;
 pub mod time;
 pub mod violation;
 

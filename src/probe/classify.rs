@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use rustls::CertificateError;
 
 use crate::domain::probe::{ProbeOutcome, ProbeProtocol, Security};
-use crate::probe::net::Refusal;
+use crate::probe::net::{Refusal, ip_literal};
 use crate::probe::run::{Failure, FieldRef, ProbeRun};
 use crate::probe::tls::TlsFailure;
 
@@ -64,20 +64,29 @@ pub fn recognise(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// The egress guard said no.
-pub fn refused(refusal: Refusal) -> Failure {
+/// The egress guard said no. For a host name the report says only that it resolves to a refused
+/// range, never the address: a tenant must not map the service's internal DNS with probes.
+pub fn refused(refusal: Refusal, host: &str) -> Failure {
     let (field, hint) = match refusal {
         Refusal::Port(_) => (
             FieldRef::Port,
             "use the mail server's public port (IMAP 993 or 143, SMTP 465, 587 or 25, HTTPS 443)",
         ),
-        Refusal::Address(..) => (
+        Refusal::Name(_) | Refusal::Address { .. } => (
             FieldRef::Host,
             "use the mail server's public host name: private, loopback, link-local and other \
              internal addresses are never reached",
         ),
     };
-    Failure::failed(refusal.to_string(), field, hint).with_outcome(ProbeOutcome::Blocked)
+    let detail = match &refusal {
+        Refusal::Address { .. } if ip_literal(host).is_none() => {
+            tracing::info!(host, %refusal, "a probed host name resolves to a refused address");
+            format!("{host} resolves to an address in a range this service never connects to")
+        }
+        Refusal::Name(why) => format!("{host} is never reached: {why}"),
+        _ => refusal.to_string(),
+    };
+    Failure::failed(detail, field, hint).with_outcome(ProbeOutcome::Blocked)
 }
 
 pub fn resolve_failed(host: &str, error: &io::Error) -> Failure {
@@ -189,7 +198,9 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
             _ => "was rejected",
         };
         let detail = format!("the server's certificate {problem}{subject}: {reason:?}");
-        // Exchange settings have no such flag: there the server's certificate must change.
+        let untrusted_only = matches!(reason, CertificateError::UnknownIssuer);
+        // Exchange settings have no such flag: there the server's certificate must change. The
+        // flag accepts only a certificate no trusted authority signed, never a bad date or name.
         return match protocol {
             ProbeProtocol::Exchange => Failure::failed(
                 detail,
@@ -197,16 +208,25 @@ pub fn tls_failed(protocol: ProbeProtocol, heard: &[u8], failure: &TlsFailure) -
                 format!(
                     "the certificate {problem}: the Exchange server needs a certificate from a \
                      public authority for its host name (--insecure on the command line accepts \
-                     it for a test)"
+                     a self-signed one for a test)"
                 ),
             ),
-            ProbeProtocol::Imap | ProbeProtocol::Smtp => Failure::failed(
+            ProbeProtocol::Imap | ProbeProtocol::Smtp if untrusted_only => Failure::failed(
                 detail,
                 FieldRef::AllowInsecureCertificate,
                 format!(
                     "the certificate {problem}: install a certificate from a public authority on \
                      the server, or turn on allow_insecure_certificate (\"Allow non-secure \
                      certificate\", --insecure on the command line) to accept it anyway"
+                ),
+            ),
+            ProbeProtocol::Imap | ProbeProtocol::Smtp => Failure::failed(
+                detail,
+                FieldRef::Host,
+                format!(
+                    "the certificate {problem}: the server needs a current certificate for this \
+                     host name (allow_insecure_certificate only accepts a certificate that no \
+                     trusted authority signed); check the host name, or renew the certificate"
                 ),
             ),
         };

@@ -9,56 +9,30 @@ use ipnet::IpNet;
 use tokio::net::TcpStream;
 
 use crate::config::{PortRange, ProbeSettings};
-
-/// Ranges the probe never reaches unless the operator allows them: this service's own network,
-/// cloud metadata and addresses that are not public unicast.
-const DENIED_RANGES: &[&str] = &[
-    // IPv4
-    "0.0.0.0/8",       // "this network", unspecified
-    "10.0.0.0/8",      // private
-    "100.64.0.0/10",   // carrier-grade NAT
-    "127.0.0.0/8",     // loopback
-    "169.254.0.0/16",  // link-local, incl. 169.254.169.254 (cloud metadata)
-    "172.16.0.0/12",   // private
-    "192.0.0.0/24",    // IETF protocol assignments
-    "192.0.2.0/24",    // documentation
-    "192.88.99.0/24",  // 6to4 relay anycast
-    "192.168.0.0/16",  // private
-    "198.18.0.0/15",   // benchmarking
-    "198.51.100.0/24", // documentation
-    "203.0.113.0/24",  // documentation
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, incl. broadcast
-    // IPv6
-    "::/128",         // unspecified
-    "::1/128",        // loopback
-    "::/96",          // IPv4-compatible (deprecated)
-    "64:ff9b:1::/48", // local-use NAT64
-    "100::/64",       // discard
-    "2001:2::/48",    // benchmarking
-    "2001:10::/28",   // ORCHID
-    "2001:20::/28",   // ORCHIDv2
-    "2001:db8::/32",  // documentation
-    "3fff::/20",      // documentation
-    "fc00::/7",       // unique local, incl. fd00:ec2::254 (cloud metadata)
-    "fe80::/10",      // link-local
-    "fec0::/10",      // site-local (deprecated)
-    "ff00::/8",       // multicast
-];
+use crate::domain::special_purpose::{self, CLOUD_METADATA};
 
 /// Why the guard refused a destination. Nothing was sent when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("port {0} is not one this service may connect to")]
     Port(u16),
-    #[error("{0} is in a range this service never connects to ({1})")]
-    Address(IpAddr, IpNet),
+    #[error("{0}")]
+    Name(&'static str),
+    /// `range` says what kind of range (`loopback`), for the operator's logs; the report names
+    /// neither for a host name (a tenant must not map the service's internal DNS).
+    #[error("{address} is in a range this service never connects to ({range})")]
+    Address {
+        address: IpAddr,
+        range: &'static str,
+    },
 }
 
-/// The egress guard: decides, before any packet, whether an address and port may be reached.
+/// The egress guard: decides, before any packet, whether a host, an address and a port may be
+/// reached. Cloud metadata services are refused first, then operator-denied ranges, then what
+/// the operator allows passes, then the special-purpose ranges and the IPv6 space outside global
+/// unicast are refused.
 #[derive(Debug, Clone)]
 pub struct EgressGuard {
-    denied: Vec<IpNet>,
     allowed: Vec<IpNet>,
     operator_denied: Vec<IpNet>,
     ports: Vec<PortRange>,
@@ -67,10 +41,6 @@ pub struct EgressGuard {
 impl EgressGuard {
     pub fn new(settings: &ProbeSettings) -> Self {
         Self {
-            denied: DENIED_RANGES
-                .iter()
-                .map(|range| range.parse().expect("built-in ranges are valid CIDRs"))
-                .collect(),
             allowed: settings.probe_allow_cidrs.clone(),
             operator_denied: settings.probe_deny_cidrs.clone(),
             ports: settings.probe_allowed_ports.clone(),
@@ -85,71 +55,92 @@ impl EgressGuard {
         }
     }
 
+    /// Refuses, before any DNS query, a numeric address in a spelling that the C resolver would
+    /// turn into one (`0x7f.1`, `2130706433`). IP literals pass here.
+    pub fn check_host(&self, host: &str) -> Result<(), Refusal> {
+        if ip_literal(host).is_none() && special_purpose::is_numeric_spelling(host) {
+            return Err(Refusal::Name(
+                "a numeric address must be written as a dotted IPv4 or an IPv6 address",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses the whole destination when any of its addresses is refused: a name that resolves to
     /// both a public and a private address is not reached at all.
     pub fn check_addresses(&self, addresses: &[IpAddr]) -> Result<(), Refusal> {
         addresses.iter().try_for_each(|ip| self.check_address(*ip))
     }
 
-    /// An address is judged with every IPv4 address it embeds (mapped, NAT64, 6to4, Teredo), so
-    /// `::ffff:127.0.0.1` is loopback. Operator-denied ranges win over allowed ones, which win over
-    /// the built-in ranges.
+    /// An address is judged with the IPv4 address it embeds (mapped, NAT64, 6to4), so
+    /// `::ffff:127.0.0.1` is loopback and a NAT64 address of a public server is public.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let refuse = |range| Err(Refusal::Address { address: ip, range });
         for form in forms(ip) {
-            if let Some(range) = self.operator_denied.iter().find(|net| net.contains(&form)) {
-                return Err(Refusal::Address(ip, *range));
+            if CLOUD_METADATA.contains(&form) {
+                return refuse("cloud metadata service");
+            }
+            if self.operator_denied.iter().any(|net| net.contains(&form)) {
+                return refuse("denied by the operator");
             }
             if self.allowed.iter().any(|net| net.contains(&form)) {
                 continue;
             }
-            if let Some(range) = self.denied.iter().find(|net| net.contains(&form)) {
-                return Err(Refusal::Address(ip, *range));
+            match special_purpose::range_of(form) {
+                // The embedded address, next in `forms`, decides.
+                Some(range) if range.embeds.is_some() => {}
+                Some(range) => return refuse(range.purpose),
+                None if form.is_ipv6()
+                    && !special_purpose::ipv6_global_unicast().contains(&form) =>
+                {
+                    return refuse("outside IPv6 global unicast 2000::/3");
+                }
+                None => {}
             }
         }
         Ok(())
     }
 }
 
-/// The address itself and the IPv4 addresses embedded in it.
+/// The address itself and the IPv4 address it embeds, if its range embeds one.
 fn forms(ip: IpAddr) -> Vec<IpAddr> {
     let mut forms = vec![ip];
-    if let IpAddr::V6(v6) = ip {
-        forms.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+    if let IpAddr::V6(v6) = ip
+        && let Some(embedding) = special_purpose::range_of(ip).and_then(|range| range.embeds)
+    {
+        forms.push(IpAddr::V4(special_purpose::embedded_ipv4(v6, embedding)));
     }
     forms
 }
 
-fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
-    let bits = u128::from(v6);
-    let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
-    let segments = v6.segments();
-    let mut embedded = Vec::new();
-    if let Some(mapped) = v6.to_ipv4_mapped() {
-        embedded.push(mapped);
-    }
-    // NAT64 well-known prefix 64:ff9b::/96 (and the local-use 64:ff9b:1::/48).
-    if segments[0] == 0x64 && segments[1] == 0xff9b {
-        embedded.push(low32);
-    }
-    // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
-    if segments[0] == 0x2002 {
-        embedded.push(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
-    }
-    // Teredo 2001:0::/32: the server in bits 32..64, the client (inverted) in the last 32 bits.
-    if segments[0] == 0x2001 && segments[1] == 0 {
-        embedded.push(Ipv4Addr::from(((bits >> 64) & 0xffff_ffff) as u32));
-        embedded.push(Ipv4Addr::from(!((bits & 0xffff_ffff) as u32)));
-    }
-    embedded
+/// The IP address a host field holds, if it is a literal (IPv6 with or without brackets).
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
-/// Resolves a host name or IP literal (IPv6 with or without brackets) once.
+/// The loopback addresses `localhost` and the names under it always are: no resolver, however
+/// configured, is asked about them.
+pub fn localhost(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    special_purpose::is_localhost_name(host).then(|| {
+        [
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            IpAddr::from(Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+    })
+}
+
+/// Resolves a host name or IP literal once, off the blocking pool (see `resolve`).
 pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<IpAddr>() {
+    if let Some(ip) = ip_literal(host) {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let mut addresses = super::resolve::lookup(host, port).await?;
     addresses.dedup();
     Ok(addresses)
 }

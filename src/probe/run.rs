@@ -12,9 +12,9 @@ use crate::domain::probe::{
     ServerEndpoint, TlsInfo,
 };
 use crate::probe::Probe;
-use crate::probe::budget::Budget;
+use crate::probe::budget::{self, Budget};
 use crate::probe::classify;
-use crate::probe::net::Connector;
+use crate::probe::net::{self, Connector};
 use crate::probe::stream::{ProbeStream, RecordedTcp, Transcript};
 use crate::probe::tls::TlsClient;
 use tokio_rustls::client::TlsStream;
@@ -174,7 +174,7 @@ impl<'a> ProbeRun<'a> {
         work: impl Future<Output = Result<Passed<T>, Failure>>,
     ) -> Result<T, Stopped> {
         let start = Instant::now();
-        let stage_deadline = (start + self.budget.stage).min(self.deadline);
+        let stage_deadline = budget::after(start, self.budget.stage).min(self.deadline);
         let mark = self.transcript.mark();
         let protocol = protocol_name(self.request.target.protocol());
         let span = tracing::info_span!(
@@ -234,10 +234,14 @@ impl<'a> ProbeRun<'a> {
         let connector = &probe.connector;
         let addresses = self
             .stage("resolve", async {
-                guard.check_port(port).map_err(classify::refused)?;
-                let addresses = connector
-                    .resolve(host, port)
-                    .await
+                let refused = |refusal| classify::refused(refusal, host);
+                guard.check_port(port).map_err(refused)?;
+                guard.check_host(host).map_err(refused)?;
+                let resolved = match net::localhost(host, port) {
+                    Some(loopback) => Ok(loopback),
+                    None => connector.resolve(host, port).await,
+                };
+                let addresses = resolved
                     .and_then(|addresses| {
                         if addresses.is_empty() {
                             Err(std::io::Error::new(
@@ -250,7 +254,7 @@ impl<'a> ProbeRun<'a> {
                     })
                     .map_err(|error| classify::resolve_failed(host, &error))?;
                 let ips: Vec<_> = addresses.iter().map(|address| address.ip()).collect();
-                guard.check_addresses(&ips).map_err(classify::refused)?;
+                guard.check_addresses(&ips).map_err(refused)?;
                 let listed = ips.iter().map(ToString::to_string).collect::<Vec<_>>();
                 Ok(Passed::new(
                     addresses,
@@ -369,11 +373,18 @@ impl<'a> ProbeRun<'a> {
             }
         }
         let (outcome, field, hint) = match self.failure {
-            Some(failure) => (
-                failure.outcome,
-                failure.field.path(&self.request.field_prefix),
-                failure.hint,
-            ),
+            Some(failure) => {
+                // An Exchange server's host and port are parts of its URL, the field to fix.
+                let field = match (self.request.target.protocol(), failure.field) {
+                    (ProbeProtocol::Exchange, FieldRef::Host | FieldRef::Port) => FieldRef::Url,
+                    (_, field) => field,
+                };
+                (
+                    failure.outcome,
+                    field.path(&self.request.field_prefix),
+                    failure.hint,
+                )
+            }
             None if self
                 .stages
                 .iter()

@@ -167,6 +167,7 @@ pub fn refused_port() -> u16 {
 /// - `/modern/EWS/Exchange.asmx`: 401 `Bearer` with `ms-diagnostics-public`
 /// - `/open/EWS/Exchange.asmx`: 200 with a SOAP answer
 /// - `/owa`: 302 to a sign-in page
+/// - `/internal`: 302 to the cloud metadata address
 /// - anything else: 404
 pub struct FakeEws {
     pub port: u16,
@@ -255,6 +256,11 @@ async fn serve_ews<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
             "/owa" => reply(
                 "302 Found",
                 &["Location: https://login.example.com/adfs/ls/?wa=wsignin1.0"],
+                "",
+            ),
+            "/internal" => reply(
+                "302 Found",
+                &["Location: https://169.254.169.254/latest/meta-data/"],
                 "",
             ),
             _ => reply(

@@ -18,6 +18,7 @@ mod mail_servers;
 mod packaging;
 mod probe;
 mod probe_cli;
+mod probe_egress;
 mod probe_guard;
 mod probe_leaks;
 mod process;

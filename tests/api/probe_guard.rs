@@ -19,57 +19,81 @@ use tokio::net::TcpStream;
 use crate::fault_servers::{Fault, FaultServer};
 use crate::mail_servers::probe_settings;
 
-/// Records where the probe would have connected and refuses, sending nothing.
+/// Records where the probe would have connected and refuses, sending nothing; answers the names
+/// of `test_dns` itself and counts the questions it was asked.
 #[derive(Clone, Default)]
-struct RecordingConnector(Arc<Mutex<Vec<SocketAddr>>>);
+pub(crate) struct RecordingConnector {
+    attempts: Arc<Mutex<Vec<SocketAddr>>>,
+    questions: Arc<Mutex<Vec<String>>>,
+}
 
 impl RecordingConnector {
-    fn attempts(&self) -> Vec<SocketAddr> {
-        self.0.lock().unwrap().clone()
+    pub(crate) fn attempts(&self) -> Vec<SocketAddr> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// The names the probe asked to resolve, in order.
+    pub(crate) fn questions(&self) -> Vec<String> {
+        self.questions.lock().unwrap().clone()
     }
 }
 
-/// Names the tests' connector answers itself, so that no query leaves the machine.
-fn test_dns(host: &str) -> Option<io::Result<Vec<IpAddr>>> {
+/// Names the tests' connector answers itself, so that no query leaves the machine. `asked` is how
+/// often the name was asked before: the rebinding names answer differently the second time.
+fn test_dns(host: &str, asked: usize) -> Option<io::Result<Vec<IpAddr>>> {
     let addresses = |list: &[&str]| Some(Ok(list.iter().map(|a| ip(a)).collect()));
-    match host {
-        "metadata.test" => addresses(&["169.254.169.254"]),
-        "intranet.test" => addresses(&["10.1.2.3"]),
-        "mixed.test" => addresses(&["93.184.216.34", "fd00::1"]),
-        "public.test" => addresses(&["93.184.216.34"]),
-        "missing.test" => Some(Err(io::Error::new(io::ErrorKind::NotFound, "no such host"))),
+    match (host, asked) {
+        ("metadata.test", _) => addresses(&["169.254.169.254"]),
+        ("intranet.test", _) => addresses(&["10.1.2.3"]),
+        ("loopback.test", _) => addresses(&["127.0.0.1"]),
+        ("nat64-intranet.test", _) => addresses(&["64:ff9b::a01:203"]),
+        ("mixed.test", _) => addresses(&["93.184.216.34", "fd00::1"]),
+        ("mixed-v4.test", _) => addresses(&["93.184.216.34", "192.168.7.7"]),
+        ("public.test", _) => addresses(&["93.184.216.34"]),
+        ("rebind.test", 0) => addresses(&["93.184.216.34"]),
+        ("rebind.test", _) => addresses(&["10.0.0.1"]),
+        ("rebind-private-first.test", 0) => addresses(&["10.0.0.1"]),
+        ("rebind-private-first.test", _) => addresses(&["93.184.216.34"]),
+        ("missing.test", _) => Some(Err(io::Error::new(io::ErrorKind::NotFound, "no such host"))),
         _ => None,
     }
 }
 
 impl Connector for RecordingConnector {
     async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        match test_dns(host) {
+        if let Some(ip) = mailconnect::probe::net::ip_literal(host) {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let asked = {
+            let mut questions = self.questions.lock().unwrap();
+            questions.push(host.to_owned());
+            questions.iter().filter(|asked| *asked == host).count() - 1
+        };
+        match test_dns(host, asked) {
             Some(answer) => answer.map(|ips| {
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect()
             }),
-            // IP literals and `localhost` (from /etc/hosts): never a DNS query.
-            None => mailconnect::probe::net::resolve(host, port).await,
+            None => panic!("{host} is not a name of the tests' DNS"),
         }
     }
 
     async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
-        self.0.lock().unwrap().push(address);
+        self.attempts.lock().unwrap().push(address);
         Err(io::Error::from(io::ErrorKind::ConnectionRefused))
     }
 }
 
 /// The operator's defaults: nothing allowed beyond public addresses.
-fn default_settings(ports: &[u16]) -> ProbeSettings {
+pub(crate) fn default_settings(ports: &[u16]) -> ProbeSettings {
     ProbeSettings {
         probe_allow_cidrs: vec![],
         ..probe_settings(ports)
     }
 }
 
-fn imap_request(host: &str, port: u16) -> ProbeRequest {
+pub(crate) fn imap_request(host: &str, port: u16) -> ProbeRequest {
     ProbeRequest {
         target: ProbeTarget::Imap(ServerEndpoint {
             host: host.to_owned(),
@@ -82,7 +106,7 @@ fn imap_request(host: &str, port: u16) -> ProbeRequest {
     }
 }
 
-fn ip(text: &str) -> IpAddr {
+pub(crate) fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
@@ -121,7 +145,7 @@ fn internal_and_special_addresses_are_refused() {
     ] {
         let result = guard.check_address(ip(address));
         assert!(
-            matches!(result, Err(Refusal::Address(..))),
+            matches!(result, Err(Refusal::Address { .. })),
             "{address} must be refused, got {result:?}"
         );
     }
@@ -145,7 +169,7 @@ fn public_addresses_pass() {
 fn one_refused_address_refuses_the_whole_name() {
     let guard = EgressGuard::new(&default_settings(&[993]));
     let result = guard.check_addresses(&[ip("93.184.216.34"), ip("10.1.2.3")]);
-    assert!(matches!(result, Err(Refusal::Address(refused, _)) if refused == ip("10.1.2.3")));
+    assert!(matches!(result, Err(Refusal::Address { address, .. }) if address == ip("10.1.2.3")));
 }
 
 #[test]
@@ -184,7 +208,7 @@ fn only_the_allowed_ports_pass() {
     assert!(guard.check_port(10101).is_err());
 }
 
-fn assert_blocked(report: &ProbeReport, field: &str) {
+pub(crate) fn assert_blocked(report: &ProbeReport, field: &str) {
     assert_eq!(report.outcome, ProbeOutcome::Blocked, "{report:#?}");
     assert_eq!(report.stages[0].name, "resolve");
     assert_eq!(report.stages[0].outcome, ProbeOutcome::Blocked);

@@ -9,72 +9,23 @@ use std::str::FromStr as _;
 
 use ipnet::IpNet;
 
-/// Special-purpose ranges (IANA IPv4/IPv6 special-purpose address registries) that cannot carry
-/// public egress traffic, with what they are for the error message. The standard library's
-/// `is_global` and friends are not stable, hence this table.
-const SPECIAL_PURPOSE: &[(&str, &str)] = &[
-    ("0.0.0.0/8", "\"this network\" (unspecified)"),
-    ("10.0.0.0/8", "private-use (RFC 1918)"),
-    (
-        "100.64.0.0/10",
-        "shared address space for carrier-grade NAT (RFC 6598)",
-    ),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local"),
-    ("172.16.0.0/12", "private-use (RFC 1918)"),
-    ("192.0.0.0/24", "reserved for IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
-    ("192.88.99.0/24", "reserved (deprecated 6to4 relay anycast)"),
-    ("192.168.0.0/16", "private-use (RFC 1918)"),
-    ("198.18.0.0/15", "reserved for benchmarking"),
-    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
-    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved (including the broadcast address)"),
-    ("::/128", "the unspecified address"),
-    ("::1/128", "loopback"),
-    (
-        "::ffff:0:0/96",
-        "IPv4-mapped (write the IPv4 range instead)",
-    ),
-    ("64:ff9b::/96", "NAT64 translation"),
-    ("64:ff9b:1::/48", "local-use NAT64 translation"),
-    ("100::/64", "discard-only"),
-    ("2001::/23", "reserved for IETF protocol assignments"),
-    ("2001:db8::/32", "documentation"),
-    ("2002::/16", "6to4"),
-    ("3fff::/20", "documentation"),
-    ("fc00::/7", "unique local (private)"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "deprecated site-local"),
-    ("ff00::/8", "multicast"),
-];
-
-/// IPv6 unicast addresses are only allocated from here; anything outside is reserved.
-const IPV6_GLOBAL_UNICAST: &str = "2000::/3";
-
-fn net(text: &str) -> IpNet {
-    IpNet::from_str(text).expect("the special-purpose table holds valid CIDRs")
-}
+use crate::domain::special_purpose;
 
 /// Why `network` cannot be a public egress range, if it cannot.
-fn special_purpose(network: &IpNet) -> Option<String> {
-    let overlapping = SPECIAL_PURPOSE.iter().find_map(|(cidr, what)| {
-        let special = net(cidr);
-        (special.contains(network) || network.contains(&special)).then_some((special, what))
-    });
-    if let Some((special, what)) = overlapping {
-        return Some(if special.contains(network) {
+fn why_not_public(network: &IpNet) -> Option<String> {
+    if let Some(special) = special_purpose::overlapping(network) {
+        let (what, range) = (special.purpose, special.net);
+        return Some(if range.contains(network) {
             format!(
-                "{network} is {what} address space ({special}) and cannot be a public egress range"
+                "{network} is {what} address space ({range}) and cannot be a public egress range"
             )
         } else {
             format!(
-                "{network} includes {special}, which is {what} address space and cannot be a public egress range"
+                "{network} includes {range}, which is {what} address space and cannot be a public egress range"
             )
         });
     }
-    let global = net(IPV6_GLOBAL_UNICAST);
+    let global = special_purpose::ipv6_global_unicast();
     match network {
         IpNet::V6(_) if !global.contains(network) => Some(format!(
             "{network} is outside the IPv6 global unicast space {global} and cannot be a public egress range"
@@ -115,7 +66,7 @@ pub fn parse_entry(raw: &str) -> Result<IpNet, String> {
             "{text:?} has host bits set: the network is {canonical}"
         ));
     }
-    match special_purpose(&canonical) {
+    match why_not_public(&canonical) {
         Some(reason) => Err(reason),
         None => Ok(canonical),
     }
