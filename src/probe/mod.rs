@@ -7,6 +7,7 @@ pub mod cli;
 mod exchange;
 mod imap;
 pub mod net;
+mod resolve;
 mod run;
 mod smtp;
 mod stream;
