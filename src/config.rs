@@ -335,7 +335,8 @@ impl InboxSettings {
 pub struct ProbeSettings {
     /// Comma-separated CIDRs the probe may reach although they are in a range it refuses by
     /// default (loopback, private, link-local, …), e.g. `127.0.0.0/8,::1/128` for local servers.
-    #[arg(long, env = "MAILCONNECT_PROBE_ALLOW_CIDRS", value_delimiter = ',')]
+    /// None may be wider than /8 (IPv4) or /32 (IPv6); cloud metadata addresses stay refused.
+    #[arg(long, env = "MAILCONNECT_PROBE_ALLOW_CIDRS", value_delimiter = ',', value_parser = parse_allowed_cidr)]
     pub probe_allow_cidrs: Vec<ipnet::IpNet>,
     /// Comma-separated CIDRs the probe must never reach, in addition to the built-in ranges. They
     /// win over the allowed CIDRs.
@@ -350,15 +351,18 @@ pub struct ProbeSettings {
     )]
     pub probe_allowed_ports: Vec<PortRange>,
     /// The longest a whole probe may take (it also ends before the caller's deadline).
-    #[arg(long, env = "MAILCONNECT_PROBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_PROBE_TIMEOUT", default_value = "10s", value_parser = parse_probe_timeout)]
     pub probe_timeout: Duration,
     /// The longest one stage (connect, TLS handshake, greeting, login, …) may take.
-    #[arg(long, env = "MAILCONNECT_PROBE_STAGE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_PROBE_STAGE_TIMEOUT", default_value = "5s", value_parser = parse_probe_timeout)]
     pub probe_stage_timeout: Duration,
     /// Most probes running at once in this process; more are refused as busy. At least 2: a
     /// call with IMAP and SMTP settings runs both probes at once.
     #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
     pub probe_max_concurrent: u32,
+    /// Most of those one account may hold, so that one tenant cannot take every slot. At least 2.
+    #[arg(long, env = "MAILCONNECT_PROBE_MAX_CONCURRENT_PER_ACCOUNT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..))]
+    pub probe_max_concurrent_per_account: u32,
     /// Most probes one account may start per minute. At least 2, for the same reason.
     #[arg(long, env = "MAILCONNECT_PROBE_RATE_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..))]
     pub probe_rate_per_minute: u32,
@@ -374,6 +378,38 @@ pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
         Ok(interval) if interval.is_zero() => Err("must be more than zero".to_owned()),
         parsed => parsed.map_err(|error| error.to_string()),
     }
+}
+
+/// The longest a probe (or one of its stages) may be given: past it the deadline arithmetic would
+/// overflow, and no mail server needs it.
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A probe timeout: more than zero, at most an hour.
+fn parse_probe_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_interval(text)?;
+    if timeout > MAX_PROBE_TIMEOUT {
+        return Err("must be at most 1h".to_owned());
+    }
+    Ok(timeout)
+}
+
+/// An allowed CIDR no wider than /8 (IPv4) or /32 (IPv6): a wider one would open most of the
+/// internal address space, almost certainly by mistake.
+fn parse_allowed_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let network: ipnet::IpNet = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a CIDR such as 10.20.0.0/16"))?;
+    let widest = match network {
+        ipnet::IpNet::V4(_) => 8,
+        ipnet::IpNet::V6(_) => 32,
+    };
+    if network.prefix_len() < widest {
+        return Err(format!(
+            "{network} is wider than /{widest}: allow the mail servers' own ranges instead"
+        ));
+    }
+    Ok(network)
 }
 
 /// A PEM file of certificate authorities, read when the configuration is parsed so that a bad file
@@ -492,4 +528,41 @@ fn apply_defaults(
         }
     });
     command.mut_subcommands(|sub| apply_defaults(sub, values, used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_timeouts_are_more_than_zero_and_at_most_an_hour() {
+        assert_eq!(parse_probe_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_probe_timeout("1h"), Ok(Duration::from_secs(3600)));
+        for absurd in ["0s", "61m", "18446744073709551615s", "x"] {
+            assert!(parse_probe_timeout(absurd).is_err(), "{absurd}");
+        }
+    }
+
+    #[test]
+    fn allowed_cidrs_are_at_most_a_slash_8_or_a_slash_32() {
+        for fine in [
+            "10.0.0.0/8",
+            "127.0.0.0/8",
+            "192.168.1.0/24",
+            "fd00::/32",
+            "::1/128",
+        ] {
+            assert!(parse_allowed_cidr(fine).is_ok(), "{fine}");
+        }
+        for wide in [
+            "0.0.0.0/0",
+            "10.0.0.0/7",
+            "::/0",
+            "fd00::/8",
+            "fd00::/31",
+            "nope",
+        ] {
+            assert!(parse_allowed_cidr(wide).is_err(), "{wide}");
+        }
+    }
 }

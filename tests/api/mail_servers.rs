@@ -30,6 +30,7 @@ pub fn probe_settings(ports: &[u16]) -> ProbeSettings {
         probe_timeout: Duration::from_secs(20),
         probe_stage_timeout: Duration::from_secs(5),
         probe_max_concurrent: 16,
+        probe_max_concurrent_per_account: 16,
         probe_rate_per_minute: 1000,
         probe_ca_files: vec![],
     }

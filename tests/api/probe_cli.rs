@@ -146,6 +146,24 @@ fn probe_usage_errors_exit_2() {
         vec!["imaps://127.0.0.1:993", "--user", "u"],
         vec!["not a url"],
         vec!["imaps://user:secret@127.0.0.1:993"],
+        // Absurd settings: a usage error, never a panic in the deadline arithmetic.
+        vec![
+            "imaps://127.0.0.1:993",
+            "--probe-timeout",
+            "18446744073709551615s",
+        ],
+        vec!["imaps://127.0.0.1:993", "--probe-stage-timeout", "0s"],
+        vec!["imaps://127.0.0.1:993", "--probe-timeout", "2h"],
+        vec!["imaps://127.0.0.1:993", "--probe-max-concurrent", "0"],
+        vec![
+            "imaps://127.0.0.1:993",
+            "--probe-max-concurrent-per-account",
+            "0",
+        ],
+        // Allowing more than a /8 (IPv4) or /32 (IPv6) is a mistake, not a setting.
+        vec!["imaps://127.0.0.1:993", "--probe-allow-cidrs", "0.0.0.0/0"],
+        vec!["imaps://127.0.0.1:993", "--probe-allow-cidrs", "10.0.0.0/7"],
+        vec!["imaps://127.0.0.1:993", "--probe-allow-cidrs", "fd00::/8"],
     ] {
         let output = probe(993, &args);
         assert_eq!(

@@ -540,3 +540,64 @@ async fn a_connection_nobody_answers_points_at_the_egress_allowlist() {
     assert!(report.hint.contains("AllowlistService"), "{}", report.hint);
     assert_eq!(report.field, "domain_settings.imap.imap_server.host");
 }
+
+/// One account holds at most its share of the probe slots; other accounts still get in.
+#[tokio::test]
+async fn one_account_cannot_hold_every_probe_slot() {
+    let server = FaultServer::start(Fault::Silent).await;
+    let settings = ProbeSettings {
+        probe_max_concurrent: 32,
+        probe_max_concurrent_per_account: 4,
+        ..probe_settings(&[server.port])
+    };
+    let probe = Arc::new(Probe::from_settings(&settings));
+    let account = |id| ProbeContext {
+        account_id: Some(id),
+        deadline: None,
+    };
+    let running: Vec<_> = (0..4)
+        .map(|_| {
+            let probe = probe.clone();
+            let context = account(7);
+            tokio::spawn(async move {
+                probe
+                    .probe(imap_request("127.0.0.1", server.port), context)
+                    .await
+            })
+        })
+        .collect();
+    // The four probes hold their slots once the silent server has their connections.
+    while server.accepted() < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fifth = probe
+        .probe(imap_request("127.0.0.1", server.port), account(7))
+        .await;
+    assert_eq!(fifth.unwrap_err(), ProbeRefused::Busy);
+    assert!(probe.has_room(28), "the refused probe took no global slot");
+    let other = tokio::spawn({
+        let probe = probe.clone();
+        async move {
+            probe
+                .probe(imap_request("127.0.0.1", server.port), account(8))
+                .await
+        }
+    });
+    while server.accepted() < 5 {
+        assert!(
+            !other.is_finished(),
+            "the other account's probe ended early"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for probe in running.into_iter().chain([other]) {
+        probe.abort();
+        let _ = probe.await;
+    }
+    // Aborted probes give their share back: four at once fit again (a port outside the allowed
+    // list ends each at once).
+    let again = (0..4).map(|_| probe.probe(imap_request("127.0.0.1", 1), account(7)));
+    for admitted in futures_util::future::join_all(again).await {
+        assert_eq!(admitted.unwrap().outcome, ProbeOutcome::Blocked);
+    }
+}
