@@ -2,7 +2,7 @@
 //! Exit status 0 when the server works, 1 when it does not, 2 on a usage error.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Uri;
 use serde::Serialize;
@@ -13,6 +13,7 @@ use crate::domain::probe::{
     Security, ServerEndpoint, TlsInfo,
 };
 use crate::domain::secret::Secret;
+use crate::domain::time::rfc3339_seconds;
 use crate::probe::Probe;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -170,10 +171,6 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn timestamp(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 /// The report for a person reading a terminal.
 fn human(report: &ProbeReport) -> String {
     let mut out = format!(
@@ -208,7 +205,7 @@ fn human(report: &ProbeReport) -> String {
             tls.version, tls.cipher, tls.subject, tls.issuer
         ));
         if let Some(not_after) = tls.not_after {
-            out.push_str(&format!("  valid until: {}\n", timestamp(not_after)));
+            out.push_str(&format!("  valid until: {}\n", rfc3339_seconds(not_after)));
         }
         if !tls.subject_alt_names.is_empty() {
             out.push_str(&format!("  names: {}\n", tls.subject_alt_names.join(", ")));
@@ -295,7 +292,7 @@ impl<'a> From<&'a ProbeReport> for JsonReport<'a> {
             outcome: outcome_name(report.outcome),
             total_latency_ms: millis(report.total_latency),
             connected_address: &report.connected_address,
-            probe_time: timestamp(report.probe_time),
+            probe_time: rfc3339_seconds(report.probe_time),
             stages: report
                 .stages
                 .iter()
@@ -323,8 +320,8 @@ impl<'a> From<&'a TlsInfo> for JsonTls<'a> {
             cipher: &tls.cipher,
             subject: &tls.subject,
             issuer: &tls.issuer,
-            not_before: tls.not_before.map(timestamp),
-            not_after: tls.not_after.map(timestamp),
+            not_before: tls.not_before.map(rfc3339_seconds),
+            not_after: tls.not_after.map(rfc3339_seconds),
             subject_alt_names: &tls.subject_alt_names,
             self_signed: tls.self_signed,
             hostname_matches: tls.hostname_matches,

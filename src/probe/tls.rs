@@ -106,7 +106,7 @@ impl TlsClient {
                 describe(
                     certificate,
                     &server_name,
-                    observed.error.as_ref(),
+                    observed.chain_trusted,
                     negotiated,
                 )
             })
@@ -159,6 +159,7 @@ fn tls_version_name(version: rustls::ProtocolVersion) -> &'static str {
 struct Observed {
     end_entity: Option<CertificateDer<'static>>,
     error: Option<rustls::Error>,
+    chain_trusted: bool,
 }
 
 /// Verifies like webpki, records the outcome, and lets an untrusted certificate through when the
@@ -179,18 +180,41 @@ impl ServerCertVerifier for Recording {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = self.inner.verify_server_cert(
+        let webpki = self.inner.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
         );
+        // webpki checks the dates before it looks for an issuer, and the name only once the chain
+        // is trusted: an untrusted chain must still be for this host.
+        let untrusted_chain = matches!(
+            webpki,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+        let verdict = if untrusted_chain {
+            ParsedCertificate::try_from(end_entity)
+                .and_then(|parsed| verify_server_name(&parsed, server_name))
+                .and(webpki)
+        } else {
+            webpki
+        };
         let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         observed.end_entity = Some(end_entity.clone().into_owned());
+        observed.chain_trusted =
+            !untrusted_chain && verdict.as_ref().err().is_none_or(is_name_error);
         observed.error = verdict.as_ref().err().cloned();
+        // "Allow non-secure certificate" is for a certificate no trusted authority signed (seed
+        // 003); an expired, not yet valid or wrong-name certificate fails whatever the flag says.
         match verdict {
-            Err(_) if self.allow_insecure_certificate => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                if self.allow_insecure_certificate =>
+            {
+                Ok(ServerCertVerified::assertion())
+            }
             verdict => verdict,
         }
     }
@@ -222,21 +246,13 @@ impl ServerCertVerifier for Recording {
 fn describe(
     der: &CertificateDer<'_>,
     server_name: &ServerName<'_>,
-    error: Option<&rustls::Error>,
+    chain_trusted: bool,
     negotiated: Option<(String, String)>,
 ) -> TlsInfo {
     let (version, cipher) = negotiated.unwrap_or_default();
     let hostname_matches = ParsedCertificate::try_from(der)
         .and_then(|parsed| verify_server_name(&parsed, server_name))
         .is_ok();
-    let chain_trusted = match error {
-        None => true,
-        Some(rustls::Error::InvalidCertificate(reason)) => matches!(
-            reason,
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-        ),
-        Some(_) => false,
-    };
     let mut info = TlsInfo {
         version,
         cipher,
@@ -267,6 +283,15 @@ fn describe(
         }
     }
     info
+}
+
+fn is_name_error(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
+    )
 }
 
 fn unix_time(seconds: i64) -> SystemTime {

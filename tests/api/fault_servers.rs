@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -42,6 +42,15 @@ impl FaultServer {
     }
 
     pub async fn start_on(address: &str, fault: Fault) -> Self {
+        Self::serve(address, fault, None).await
+    }
+
+    /// The fault behind implicit TLS with this certificate.
+    pub async fn start_tls(certificate: &TestCertificate, fault: Fault) -> Self {
+        Self::serve("127.0.0.1:0", fault, Some(acceptor(certificate))).await
+    }
+
+    async fn serve(address: &str, fault: Fault, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind(address).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -49,7 +58,17 @@ impl FaultServer {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(misbehave(stream, fault.clone()));
+                let (fault, tls) = (fault.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                misbehave(stream, fault).await;
+                            }
+                        }
+                        None => misbehave(stream, fault).await,
+                    }
+                });
             }
         });
         Self {
@@ -70,7 +89,7 @@ impl Drop for FaultServer {
     }
 }
 
-async fn misbehave(mut stream: TcpStream, fault: Fault) {
+async fn misbehave<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fault: Fault) {
     match fault {
         Fault::Silent => hold(stream).await,
         Fault::CloseAtOnce => drop(stream),
@@ -112,9 +131,13 @@ async fn misbehave(mut stream: TcpStream, fault: Fault) {
 }
 
 /// Sends a greeting, then answers each line the client sends.
-async fn converse(stream: TcpStream, greeting: &str, answer: impl Fn(&str) -> String) {
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    greeting: &str,
+    answer: impl Fn(&str) -> String,
+) {
     use tokio::io::AsyncBufReadExt as _;
-    let (reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = tokio::io::split(stream);
     if writer.write_all(greeting.as_bytes()).await.is_err() {
         return;
     }
@@ -127,7 +150,7 @@ async fn converse(stream: TcpStream, greeting: &str, answer: impl Fn(&str) -> St
 }
 
 /// Keeps the connection open, reading and ignoring, until the client leaves.
-async fn hold(mut stream: TcpStream) {
+async fn hold<S: AsyncRead + Unpin>(mut stream: S) {
     let mut buffer = [0u8; 1024];
     while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
 }
@@ -176,22 +199,7 @@ pub struct FakeEws {
 
 impl FakeEws {
     pub async fn start(certificate: &TestCertificate) -> Self {
-        use rustls::pki_types::pem::PemObject as _;
-        let certs =
-            rustls::pki_types::CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(certificate);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
@@ -212,6 +220,25 @@ impl Drop for FakeEws {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TLS acceptor presenting this certificate.
+fn acceptor(certificate: &TestCertificate) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Answers requests on one keep-alive connection until the client leaves.

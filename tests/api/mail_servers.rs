@@ -103,6 +103,24 @@ impl TestCertificate {
         )
     }
 
+    /// Self-signed for these names, valid from `from` until `until` (year, month, day, UTC).
+    pub fn self_signed_dated(
+        dir: &Path,
+        names: &[&str],
+        from: (i32, u8, u8),
+        until: (i32, u8, u8),
+    ) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        let cert = params.self_signed(&key).unwrap();
+        Self::write(dir, cert.pem(), key.serialize_pem())
+    }
+
     fn write(dir: &Path, cert_pem: String, key_pem: String) -> Self {
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");

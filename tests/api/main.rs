@@ -17,6 +17,7 @@ mod inboxes;
 mod mail_servers;
 mod packaging;
 mod probe;
+mod probe_certificates;
 mod probe_cli;
 mod probe_egress;
 mod probe_guard;

@@ -174,3 +174,44 @@ fn probe_usage_errors_exit_2() {
         );
     }
 }
+
+/// A certificate dated before 1970 is printed, not a panic (humantime cannot format it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_prints_a_certificate_dated_before_1970() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = crate::mail_servers::TestCertificate::self_signed_dated(
+        dir.path(),
+        &["127.0.0.1"],
+        (1950, 1, 1),
+        (1960, 1, 1),
+    );
+    let server = crate::fault_servers::FaultServer::start_tls(
+        &old,
+        crate::fault_servers::Fault::ImapWithoutStartTls,
+    )
+    .await;
+    let url = format!("imaps://127.0.0.1:{}", server.port);
+    for json in [false, true] {
+        let (url, port) = (url.clone(), server.port);
+        let output = tokio::task::spawn_blocking(move || {
+            let mut args = vec![url.as_str(), "--insecure"];
+            if json {
+                args.push("--json");
+            }
+            probe(port, &args)
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("1960-01-01T00:00:00Z"), "{stdout}");
+        if json {
+            assert!(stdout.contains("1950-01-01T00:00:00Z"), "{stdout}");
+        }
+    }
+}
