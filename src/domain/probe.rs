@@ -176,6 +176,71 @@ pub struct ProbeReport {
     pub probe_time: SystemTime,
 }
 
+/// The longest string a report keeps, in bytes: greetings, capabilities, headers and parser
+/// errors come from the server.
+pub const REPORT_STRING_LIMIT: usize = 1024;
+/// What all of a report's strings may add up to: a report travels in `grpc-status-details-bin`,
+/// and with its framing it stays under 16 KiB.
+pub const REPORT_TEXT_LIMIT: usize = 14 * 1024;
+/// The most entries a list of a report keeps (capabilities, mechanisms, names).
+pub const REPORT_LIST_LIMIT: usize = 64;
+
+impl ProbeReport {
+    /// The report cut to size: every list to `REPORT_LIST_LIMIT` entries, every string to
+    /// `REPORT_STRING_LIMIT` bytes, and, when they still add up to more than `REPORT_TEXT_LIMIT`,
+    /// the longest strings shortened to a common length until they fit.
+    pub fn bounded(mut self) -> Self {
+        self.capabilities.truncate(REPORT_LIST_LIMIT);
+        self.auth_mechanisms.truncate(REPORT_LIST_LIMIT);
+        let mut texts: Vec<&mut String> = vec![
+            &mut self.target,
+            &mut self.field,
+            &mut self.hint,
+            &mut self.connected_address,
+        ];
+        for stage in &mut self.stages {
+            texts.extend([&mut stage.name, &mut stage.detail, &mut stage.server_reply]);
+        }
+        texts.extend(&mut self.capabilities);
+        texts.extend(&mut self.auth_mechanisms);
+        if let Some(tls) = &mut self.tls {
+            tls.subject_alt_names.truncate(REPORT_LIST_LIMIT);
+            texts.extend([
+                &mut tls.version,
+                &mut tls.cipher,
+                &mut tls.subject,
+                &mut tls.issuer,
+            ]);
+            texts.extend(&mut tls.subject_alt_names);
+        }
+        let mut longest = REPORT_STRING_LIMIT;
+        while longest > 0
+            && texts.iter().map(|text| text.len().min(longest)).sum::<usize>() > REPORT_TEXT_LIMIT
+        {
+            longest -= longest / 8 + 1;
+        }
+        for text in texts {
+            cut(text, longest);
+        }
+        self
+    }
+}
+
+/// Shortens `text` to at most `limit` bytes, on a character boundary, marking the cut with `…`.
+fn cut(text: &mut String, limit: usize) {
+    if text.len() <= limit {
+        return;
+    }
+    let mut end = limit.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    if limit >= '…'.len_utf8() {
+        text.push('…');
+    }
+}
+
 /// Why a probe was not run at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeRefused {
@@ -183,4 +248,79 @@ pub enum ProbeRefused {
     Busy,
     #[error("this account started too many probes; retry in {retry_after:?}")]
     RateLimited { retry_after: Duration },
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn report(stages: usize, text: &str, list: usize) -> ProbeReport {
+        ProbeReport {
+            target: text.to_owned(),
+            protocol: ProbeProtocol::Imap,
+            outcome: ProbeOutcome::Failed,
+            stages: (0..stages)
+                .map(|_| ProbeStage {
+                    name: "greeting".to_owned(),
+                    outcome: ProbeOutcome::Failed,
+                    latency: Duration::ZERO,
+                    detail: text.to_owned(),
+                    server_reply: text.to_owned(),
+                })
+                .collect(),
+            tls: Some(TlsInfo {
+                subject: text.to_owned(),
+                subject_alt_names: vec![text.to_owned(); list],
+                ..TlsInfo::default()
+            }),
+            capabilities: vec![text.to_owned(); list],
+            auth_mechanisms: vec![text.to_owned(); list],
+            field: String::new(),
+            hint: text.to_owned(),
+            total_latency: Duration::ZERO,
+            connected_address: String::new(),
+            probe_time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn strings(report: &ProbeReport) -> Vec<&String> {
+        let tls = report.tls.as_ref().unwrap();
+        let mut all = vec![&report.target, &report.hint, &tls.subject];
+        for stage in &report.stages {
+            all.extend([&stage.detail, &stage.server_reply]);
+        }
+        all.extend(&report.capabilities);
+        all.extend(&tls.subject_alt_names);
+        all
+    }
+
+    #[test]
+    fn a_small_report_is_left_alone() {
+        let small = report(6, "* OK Dovecot ready.", 20);
+        assert_eq!(small.clone().bounded(), small);
+    }
+
+    proptest! {
+        /// Whatever the server sent, each string keeps at most 1 KiB, the whole text at most
+        /// 14 KiB, and every string is still a prefix of what it was.
+        #[test]
+        fn any_report_fits(
+            text in "\\PC{0,3000}",
+            stages in 0usize..12,
+            list in 0usize..300,
+        ) {
+            let original = report(stages, &text, list);
+            let bounded = original.clone().bounded();
+            let all = strings(&bounded);
+            prop_assert!(all.iter().all(|s| s.len() <= REPORT_STRING_LIMIT));
+            prop_assert!(all.iter().map(|s| s.len()).sum::<usize>() <= REPORT_TEXT_LIMIT);
+            prop_assert!(bounded.capabilities.len() <= REPORT_LIST_LIMIT);
+            for cut in all {
+                let kept = cut.strip_suffix('…').unwrap_or(cut);
+                prop_assert!(text.starts_with(kept));
+            }
+        }
+    }
 }

@@ -2,16 +2,24 @@
 
 use async_imap::Client;
 use async_imap::imap_proto::{Capability, Response, Status};
-use async_imap::types::UnsolicitedResponse;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::domain::probe::{ProbeCredentials, Security, ServerEndpoint};
 use crate::probe::Probe;
 use crate::probe::classify;
+use crate::probe::literal::LiteralGuard;
 use crate::probe::net::Connector;
 use crate::probe::run::{Failure, FieldRef, Passed, ProbeRun, Stopped};
 use crate::probe::stream::{ProbeStream, Transcript};
 
-type ImapClient = Client<ProbeStream>;
+type ImapClient = Client<LiteralGuard<ProbeStream>>;
+
+/// Untagged replies other than CAPABILITY tolerated while waiting for CAPABILITY to end: each is
+/// dropped at once, and a server that sends more is not an IMAP server worth waiting for.
+const MAX_OTHER_REPLIES: usize = 32;
+
+/// Capability atoms kept (Dovecot announces about 30).
+const MAX_CAPABILITIES: usize = 128;
 
 pub async fn probe<C: Connector>(
     probe: &Probe<C>,
@@ -19,12 +27,14 @@ pub async fn probe<C: Connector>(
     server: &ServerEndpoint,
 ) -> Result<(), Stopped> {
     let stream = run.open(probe, server).await?;
-    let mut client = Client::new(stream);
+    let mut client = Client::new(LiteralGuard::new(stream));
     let security = server.security;
     let transcript = run.transcript.clone();
     run.stage("greeting", greeting(&mut client, transcript, security))
         .await?;
-    let mut capabilities = run.stage("capabilities", capability(&mut client)).await?;
+    let mut capabilities = run
+        .stage("capabilities", capability(&mut client, "C1"))
+        .await?;
     if security == Security::StartTls {
         let offered = capabilities
             .iter()
@@ -45,13 +55,13 @@ pub async fn probe<C: Connector>(
             Ok(Passed::new((), "STARTTLS accepted"))
         })
         .await?;
-        let ProbeStream::Plain(tcp) = client.into_inner() else {
+        let ProbeStream::Plain(tcp) = client.into_inner().into_inner() else {
             unreachable!("STARTTLS runs on a plain connection");
         };
         let tls = run.secure(&probe.tls, tcp, &server.host, &[]).await?;
-        client = Client::new(ProbeStream::Tls(Box::new(tls)));
+        client = Client::new(LiteralGuard::new(ProbeStream::Tls(Box::new(tls))));
         capabilities = run
-            .stage("capabilities_after_tls", capability(&mut client))
+            .stage("capabilities_after_tls", capability(&mut client, "C2"))
             .await?;
     }
     run.auth_mechanisms = capabilities
@@ -144,23 +154,53 @@ async fn greeting(
     }
 }
 
-/// CAPABILITY: async-imap parses the untagged reply and hands it over as unsolicited.
-async fn capability(client: &mut ImapClient) -> Result<Passed<Vec<String>>, Failure> {
-    let (sender, receiver) = async_channel::unbounded();
-    client
-        .run_command_and_check_ok("CAPABILITY", Some(sender))
+/// CAPABILITY, read reply by reply: only the capabilities are kept, and only so many of them.
+/// (async-imap's own command loop would hand every untagged reply over, each in a 4 KiB buffer.)
+async fn capability(client: &mut ImapClient, tag: &str) -> Result<Passed<Vec<String>>, Failure> {
+    let broke_off = |error: &dyn std::fmt::Display| imap_error("CAPABILITY", error);
+    let command = format!("{tag} CAPABILITY\r\n");
+    let stream = client.get_mut();
+    stream
+        .write_all(command.as_bytes())
         .await
-        .map_err(|error| imap_error("CAPABILITY", &error))?;
+        .map_err(|e| broke_off(&e))?;
+    stream.flush().await.map_err(|e| broke_off(&e))?;
     let mut capabilities = Vec::new();
-    while let Ok(response) = receiver.try_recv() {
-        if let UnsolicitedResponse::Other(data) = response
-            && let Response::Capabilities(list) = data.parsed()
-        {
-            capabilities.extend(list.iter().map(|capability| match capability {
-                Capability::Imap4rev1 => "IMAP4rev1".to_owned(),
-                Capability::Auth(mechanism) => format!("AUTH={mechanism}"),
-                Capability::Atom(atom) => atom.to_string(),
-            }));
+    let mut others = 0;
+    loop {
+        let response = client
+            .read_response()
+            .await
+            .map_err(|e| broke_off(&e))?
+            .ok_or_else(|| broke_off(&"the connection was closed"))?;
+        match response.parsed() {
+            Response::Capabilities(list) => {
+                let room = MAX_CAPABILITIES.saturating_sub(capabilities.len());
+                capabilities.extend(list.iter().take(room).map(|capability| match capability {
+                    Capability::Imap4rev1 => "IMAP4rev1".to_owned(),
+                    Capability::Auth(mechanism) => format!("AUTH={mechanism}"),
+                    Capability::Atom(atom) => atom.to_string(),
+                }));
+            }
+            Response::Done {
+                tag: done, status, ..
+            } if done.0 == tag => {
+                if *status != Status::Ok {
+                    return Err(broke_off(&format!("the server answered {status:?}")));
+                }
+                break;
+            }
+            _ if others < MAX_OTHER_REPLIES => others += 1,
+            _ => {
+                return Err(Failure::failed(
+                    format!(
+                        "the server sent more than {MAX_OTHER_REPLIES} other replies instead of \
+                         its capabilities"
+                    ),
+                    FieldRef::Port,
+                    "this does not behave like an IMAP server: check the host and port",
+                ));
+            }
         }
     }
     if capabilities.is_empty() {
@@ -181,7 +221,7 @@ async fn login(
     credentials: &ProbeCredentials,
     mechanisms: &[String],
     login_disabled: bool,
-) -> Result<Passed<async_imap::Session<ProbeStream>>, Failure> {
+) -> Result<Passed<async_imap::Session<LiteralGuard<ProbeStream>>>, Failure> {
     let password = credentials.password.expose();
     let plain = mechanisms.iter().any(|m| m.eq_ignore_ascii_case("PLAIN"));
     let (result, how) = if plain {
@@ -217,7 +257,7 @@ impl async_imap::Authenticator for PlainAuthenticator {
 }
 
 /// A command that failed for another reason than a refused login.
-fn imap_error(command: &str, error: &async_imap::error::Error) -> Failure {
+fn imap_error(command: &str, error: &dyn std::fmt::Display) -> Failure {
     Failure::failed(
         format!("{command} failed: {error}"),
         FieldRef::Host,

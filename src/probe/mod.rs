@@ -6,6 +6,7 @@ mod classify;
 pub mod cli;
 mod exchange;
 mod imap;
+mod literal;
 pub mod net;
 mod resolve;
 mod run;

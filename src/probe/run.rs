@@ -408,6 +408,7 @@ impl<'a> ProbeRun<'a> {
             connected_address: self.connected_address,
             probe_time: SystemTime::now(),
         }
+        .bounded()
     }
 }
 

@@ -15,6 +15,11 @@ use tokio_rustls::client::TlsStream;
 /// How much of the server's plain-text output is kept.
 const TRANSCRIPT_LIMIT: usize = 4096;
 
+/// The most a server may send on one probe connection (TLS records included): a probe reads
+/// greetings, capabilities and one HTTP answer, so a server sending more (a line without end, a
+/// flood of replies) is cut off before the protocol libraries buffer it.
+pub const READ_LIMIT: usize = 256 * 1024;
+
 /// What the server sent before TLS (or on a connection without TLS). Recording stops once TLS is
 /// up: the bytes below it are ciphertext, and the protocol libraries report what came above it.
 #[derive(Debug, Clone, Default)]
@@ -58,16 +63,22 @@ impl Transcript {
     }
 }
 
-/// The TCP connection, recording what it receives into a [`Transcript`].
+/// The TCP connection, recording what it receives into a [`Transcript`] and refusing to read
+/// more than [`READ_LIMIT`].
 #[derive(Debug)]
 pub struct RecordedTcp {
     tcp: TcpStream,
     transcript: Transcript,
+    received: usize,
 }
 
 impl RecordedTcp {
     pub fn new(tcp: TcpStream, transcript: Transcript) -> Self {
-        Self { tcp, transcript }
+        Self {
+            tcp,
+            transcript,
+            received: 0,
+        }
     }
 }
 
@@ -77,9 +88,23 @@ impl AsyncRead for RecordedTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
-        self.transcript.record(&buf.filled()[before..]);
+        let room = READ_LIMIT - self.received;
+        if room == 0 {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the server sent more than {} KiB on one connection",
+                READ_LIMIT / 1024
+            ))));
+        }
+        // Read at most `room` bytes, through a chunk of our own so as not to over-read `buf`.
+        let mut chunk = [0u8; 8 * 1024];
+        let wanted = room.min(buf.remaining()).min(chunk.len());
+        let mut limited = ReadBuf::new(&mut chunk[..wanted]);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, &mut limited);
+        let received = limited.filled();
+        this.received += received.len();
+        this.transcript.record(received);
+        buf.put_slice(received);
         polled
     }
 }

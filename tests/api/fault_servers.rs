@@ -27,6 +27,12 @@ pub enum Fault {
     ImapWithoutStartTls,
     /// An SMTP server that offers no STARTTLS and only AUTH CRAM-MD5.
     SmtpWithoutStartTls,
+    /// An IMAP server that answers CAPABILITY with this many `* OK` lines before the real reply.
+    CapabilityFlood(usize),
+    /// Sends these bytes, then this many bytes without a line break, then stays silent.
+    Endless(&'static [u8], usize),
+    /// An IMAP server with this greeting that answers CAPABILITY with these untagged lines.
+    Scripted(&'static [u8], &'static [u8]),
 }
 
 /// A loopback listener with a fault; counts the connections it accepted. Stops when dropped.
@@ -118,6 +124,28 @@ async fn misbehave<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fault: Faul
             })
             .await;
         }
+        Fault::CapabilityFlood(lines) => {
+            let flood = format!(
+                "{}* CAPABILITY IMAP4rev1\r\n",
+                "* OK flood\r\n".repeat(lines)
+            );
+            answer_capability(stream, b"* OK flood ready\r\n", flood.as_bytes()).await;
+        }
+        Fault::Scripted(greeting, capabilities) => {
+            answer_capability(stream, greeting, capabilities).await;
+        }
+        Fault::Endless(prefix, bytes) => {
+            let chunk = [b'x'; 64 * 1024];
+            if stream.write_all(prefix).await.is_err() {
+                return;
+            }
+            for _ in 0..bytes / chunk.len() {
+                if stream.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            hold(stream).await;
+        }
         Fault::Trickle(bytes) => {
             for byte in bytes {
                 if stream.write_all(&[*byte]).await.is_err() {
@@ -128,6 +156,25 @@ async fn misbehave<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fault: Faul
             hold(stream).await;
         }
     }
+}
+
+/// An IMAP server: the greeting, then `capabilities` before the tagged OK of a CAPABILITY command,
+/// a bare tagged OK to anything else.
+async fn answer_capability<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    greeting: &[u8],
+    capabilities: &[u8],
+) {
+    converse(stream, &String::from_utf8_lossy(greeting), |line| {
+        let tag = line.split_whitespace().next().unwrap_or("*");
+        let untagged = if line.to_ascii_uppercase().contains("CAPABILITY") {
+            String::from_utf8_lossy(capabilities).into_owned()
+        } else {
+            String::new()
+        };
+        format!("{untagged}{tag} OK done\r\n")
+    })
+    .await;
 }
 
 /// Sends a greeting, then answers each line the client sends.

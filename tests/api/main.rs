@@ -21,6 +21,7 @@ mod probe_certificates;
 mod probe_cli;
 mod probe_egress;
 mod probe_guard;
+mod probe_hostile;
 mod probe_leaks;
 mod process;
 mod resources;
