@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::domain::secret::Secret;
+use crate::domain::{FieldViolation, Violations};
 
 /// How a mail connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +81,48 @@ impl fmt::Display for ProbeTarget {
 pub struct ProbeCredentials {
     pub username: String,
     pub password: Secret,
+}
+
+/// Longest login name, in characters (`common.proto` `PasswordCredentials`; an address is at most
+/// 320).
+pub const MAX_USERNAME_CHARS: usize = 320;
+/// Longest password, in bytes (`common.proto` `PasswordCredentials`).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A line break would end an IMAP or SMTP command early and NUL separates SASL PLAIN's parts:
+/// neither may reach a server inside a username or password.
+fn has_command_breaks(text: &str) -> bool {
+    text.contains(['\r', '\n', '\0'])
+}
+
+impl ProbeCredentials {
+    /// Checks a `PasswordCredentials` message as sent, `field` being its request path
+    /// (`test_credentials`, `credentials.password`): the username at most 320 characters, the
+    /// password 1 to 1,024 bytes, neither with CR, LF or NUL. Every violation is named
+    /// (`test_credentials.username`, `test_credentials.password`).
+    pub fn parse(
+        field: &str,
+        username: String,
+        password: Secret,
+    ) -> Result<Self, Vec<FieldViolation>> {
+        let mut violations = Violations::new();
+        if username.chars().count() > MAX_USERNAME_CHARS || has_command_breaks(&username) {
+            violations.add(
+                format!("{field}.username"),
+                format!(
+                    "must be at most {MAX_USERNAME_CHARS} characters without line breaks or NUL"
+                ),
+            );
+        }
+        let secret = password.expose();
+        if secret.is_empty() || secret.len() > MAX_PASSWORD_BYTES || has_command_breaks(secret) {
+            violations.add(
+                format!("{field}.password"),
+                format!("is required: 1 to {MAX_PASSWORD_BYTES} bytes without line breaks or NUL"),
+            );
+        }
+        violations.finish(|| Self { username, password })
+    }
 }
 
 /// One probe to run.
@@ -215,7 +258,11 @@ impl ProbeReport {
         }
         let mut longest = REPORT_STRING_LIMIT;
         while longest > 0
-            && texts.iter().map(|text| text.len().min(longest)).sum::<usize>() > REPORT_TEXT_LIMIT
+            && texts
+                .iter()
+                .map(|text| text.len().min(longest))
+                .sum::<usize>()
+                > REPORT_TEXT_LIMIT
         {
             longest -= longest / 8 + 1;
         }
@@ -294,6 +341,60 @@ mod tests {
         all.extend(&report.capabilities);
         all.extend(&tls.subject_alt_names);
         all
+    }
+
+    fn parse(username: &str, password: &str) -> Result<ProbeCredentials, Vec<String>> {
+        ProbeCredentials::parse(
+            "test_credentials",
+            username.to_owned(),
+            Secret::new(password.to_owned()),
+        )
+        .map_err(|violations| violations.into_iter().map(|v| v.field).collect())
+    }
+
+    #[test]
+    fn credentials_within_the_contract_parse() {
+        let long_name = "u".repeat(MAX_USERNAME_CHARS);
+        let long_password = "p".repeat(MAX_PASSWORD_BYTES);
+        for (username, password) in [
+            ("", "secret"),
+            ("jane@example.com", "pässwörd with spaces"),
+            (long_name.as_str(), long_password.as_str()),
+        ] {
+            assert!(parse(username, password).is_ok(), "{username}");
+        }
+    }
+
+    #[test]
+    fn every_violation_is_named() {
+        let too_long = "u".repeat(MAX_USERNAME_CHARS + 1);
+        let too_big = "ü".repeat(MAX_PASSWORD_BYTES / 2 + 1);
+        let username = ["test_credentials.username"];
+        let password = ["test_credentials.password"];
+        assert_eq!(parse("jane\r\nA1 LOGOUT", "x").unwrap_err(), username);
+        assert_eq!(parse("jane\n", "x").unwrap_err(), username);
+        assert_eq!(parse("jane\0admin", "x").unwrap_err(), username);
+        assert_eq!(parse(&too_long, "x").unwrap_err(), username);
+        assert_eq!(parse("jane", "").unwrap_err(), password);
+        assert_eq!(parse("jane", &too_big).unwrap_err(), password);
+        assert_eq!(parse("jane", "pass\r\nword").unwrap_err(), password);
+        assert_eq!(
+            parse("a\rb", "").unwrap_err(),
+            ["test_credentials.username", "test_credentials.password"]
+        );
+    }
+
+    proptest! {
+        /// Whatever is sent, what parses has no CR, LF or NUL and keeps to the limits.
+        #[test]
+        fn what_parses_is_safe_to_send(username in "\\PC{0,400}|.*[\r\n].*", password in ".{0,1100}") {
+            if let Ok(credentials) = parse(&username, &password) {
+                prop_assert!(!has_command_breaks(&credentials.username));
+                prop_assert!(credentials.username.chars().count() <= MAX_USERNAME_CHARS);
+                let secret = credentials.password.expose();
+                prop_assert!(!secret.is_empty() && secret.len() <= MAX_PASSWORD_BYTES);
+            }
+        }
     }
 
     #[test]

@@ -397,10 +397,15 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         let settings = required_settings(request.domain_settings)?;
         let credentials = request
             .test_credentials
-            .map(|credentials| ProbeCredentials {
-                username: credentials.username,
-                password: Secret::new(credentials.password),
-            });
+            .map(|credentials| {
+                ProbeCredentials::parse(
+                    "test_credentials",
+                    credentials.username,
+                    Secret::new(credentials.password),
+                )
+            })
+            .transpose()
+            .map_err(ServiceError::InvalidArgument)?;
         let reports = self
             .service
             .probe_settings(

@@ -131,13 +131,18 @@ fn request(args: &ProbeArgs) -> Result<ProbeRequest, String> {
         }
     };
     let credentials = match (&args.user, &args.password_env) {
-        (Some(username), Some(variable)) => Some(ProbeCredentials {
-            username: username.clone(),
-            password: Secret::new(
-                std::env::var(variable)
-                    .map_err(|_| format!("the environment variable {variable} is not set"))?,
-            ),
-        }),
+        (Some(username), Some(variable)) => {
+            let password = std::env::var(variable)
+                .map_err(|_| format!("the environment variable {variable} is not set"))?;
+            let parsed = ProbeCredentials::parse("", username.clone(), Secret::new(password));
+            Some(parsed.map_err(|violations| {
+                let problems: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field.trim_start_matches('.'), v.description))
+                    .collect();
+                problems.join("; ")
+            })?)
+        }
         _ => None,
     };
     Ok(ProbeRequest {

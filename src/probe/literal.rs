@@ -155,12 +155,18 @@ mod tests {
         let scan = |text: &str| LiteralScanner::default().feed(text.as_bytes());
         assert_eq!(scan("* 1 FETCH (BODY[] {500000000}\r\n"), Err(500_000_000));
         assert_eq!(scan("* 1 FETCH (BODY[] {65537}\n"), Err(65_537));
-        assert_eq!(scan("* 1 FETCH (BODY[] {99999999999999999999999}\r\n"), Err(u64::MAX));
+        assert_eq!(
+            scan("* 1 FETCH (BODY[] {99999999999999999999999}\r\n"),
+            Err(u64::MAX)
+        );
         assert_eq!(scan("* 1 FETCH (BODY[] {65536}\r\n"), Ok(()));
         // Not at the end of a line: text, not an announcement.
         assert_eq!(scan("* OK {500000000} is a number\r\n"), Ok(()));
         // A `{` inside an accepted literal announces nothing.
-        assert_eq!(scan("* 1 FETCH (BODY[] {14}\r\n{900000000}\r\n)\r\n"), Ok(()));
+        assert_eq!(
+            scan("* 1 FETCH (BODY[] {14}\r\n{900000000}\r\n)\r\n"),
+            Ok(())
+        );
     }
 
     proptest! {

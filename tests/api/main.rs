@@ -19,6 +19,7 @@ mod packaging;
 mod probe;
 mod probe_certificates;
 mod probe_cli;
+mod probe_credentials;
 mod probe_egress;
 mod probe_guard;
 mod probe_hostile;
