@@ -24,6 +24,7 @@ mod probe_egress;
 mod probe_guard;
 mod probe_hostile;
 mod probe_leaks;
+mod probe_properties;
 mod process;
 mod resources;
 mod server;
