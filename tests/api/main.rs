@@ -15,6 +15,7 @@ mod harness;
 mod inbox_world;
 mod inboxes;
 mod mail_servers;
+mod memory;
 mod packaging;
 mod probe;
 mod probe_certificates;

@@ -12,8 +12,8 @@ use prost::Message as _;
 
 use crate::fault_servers::{Fault, FaultServer};
 use crate::mail_servers::probe_settings;
+use crate::memory::peak_growth_kib;
 use crate::probe::{imap, smtp};
-use crate::resources::peak_growth_kib;
 
 /// What a hostile server may add to the process's peak memory.
 const MEMORY_BOUND_KIB: u64 = 32 * 1024;
