@@ -310,7 +310,9 @@ async fn a_failed_probe_refuses_the_write_and_stores_nothing(backend: Backend) {
 
 async fn concurrent_creates_for_one_domain_have_one_winner(backend: Backend) {
     let Some(world) = World::start_with(backend, |settings| {
+        // Twenty calls of one account, each probing: room for all of them.
         settings.probe.probe_max_concurrent = 64;
+        settings.probe.probe_max_concurrent_per_account = 64;
     })
     .await
     else {
