@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::fault_servers::FakeEws;
 use crate::mail_servers::{TestCa, probe_settings};
-use crate::probe_guard::{RecordingConnector, assert_blocked, default_settings, imap_request};
+use crate::probe_guard::{RecordingConnector, default_settings, imap_request, probe_blocked};
 
 const HOST_FIELD: &str = "domain_settings.imap.imap_server.host";
 const URL_FIELD: &str = "domain_settings.exchange.exchange_url";
@@ -140,11 +140,7 @@ async fn the_corpus_is_refused_before_any_connection() {
     let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
     let mut refused = 0;
     for host in LITERALS.iter().chain(UNASKED_NAMES) {
-        let report = probe
-            .probe(imap_request(host, 993), ProbeContext::default())
-            .await
-            .unwrap();
-        assert_blocked(&report, HOST_FIELD);
+        probe_blocked(&probe, imap_request(host, 993), HOST_FIELD).await;
         refused += 1;
     }
     assert!(
@@ -153,11 +149,7 @@ async fn the_corpus_is_refused_before_any_connection() {
         recording.questions()
     );
     for (name, private) in REFUSED_NAMES {
-        let report = probe
-            .probe(imap_request(name, 993), ProbeContext::default())
-            .await
-            .unwrap();
-        assert_blocked(&report, HOST_FIELD);
+        let report = probe_blocked(&probe, imap_request(name, 993), HOST_FIELD).await;
         // The report says only that the name resolves to a refused range, never the address.
         let text = all_text(&report);
         assert!(
@@ -173,11 +165,7 @@ async fn the_corpus_is_refused_before_any_connection() {
         refused += 1;
     }
     assert!(refused >= 60, "only {refused} targets");
-    assert!(
-        recording.attempts().is_empty(),
-        "{:?}",
-        recording.attempts()
-    );
+    recording.assert_no_attempts();
 }
 
 /// The probe connects to the address it checked and never asks again, so a name whose second
@@ -186,19 +174,13 @@ async fn the_corpus_is_refused_before_any_connection() {
 async fn a_rebinding_name_is_resolved_once_and_connected_to_as_checked() {
     let recording = RecordingConnector::default();
     let probe = Probe::with_connector(&default_settings(&[993]), recording.clone());
-    let report = probe
-        .probe(
-            imap_request("rebind-private-first.test", 993),
-            ProbeContext::default(),
-        )
-        .await
-        .unwrap();
-    assert_blocked(&report, HOST_FIELD);
-    assert!(
-        recording.attempts().is_empty(),
-        "{:?}",
-        recording.attempts()
-    );
+    probe_blocked(
+        &probe,
+        imap_request("rebind-private-first.test", 993),
+        HOST_FIELD,
+    )
+    .await;
+    recording.assert_no_attempts();
 
     let report = probe
         .probe(imap_request("rebind.test", 993), ProbeContext::default())
@@ -239,17 +221,9 @@ async fn exchange_urls_to_internal_hosts_are_refused_before_any_connection() {
         "https://metadata.test/EWS/Exchange.asmx",
         "https://mixed.test/EWS/Exchange.asmx",
     ] {
-        let report = probe
-            .probe(exchange(url), ProbeContext::default())
-            .await
-            .unwrap();
-        assert_blocked(&report, URL_FIELD);
+        probe_blocked(&probe, exchange(url), URL_FIELD).await;
     }
-    assert!(
-        recording.attempts().is_empty(),
-        "{:?}",
-        recording.attempts()
-    );
+    recording.assert_no_attempts();
 }
 
 /// Connects for real, to loopback only, and records every address it was handed.
