@@ -5,14 +5,11 @@ use std::time::SystemTime;
 
 use super::connection::Provider;
 use super::email::EmailAddress;
+use super::probe::ProbeCredentials;
 use super::sealing::{Binding, Keyring, OpenError, Sealed};
 use super::secret::Secret;
 use super::{FieldViolation, Violations};
 
-/// Longest login name (an address is at most 320 characters).
-const MAX_USERNAME: usize = 320;
-/// Longest password, in bytes (`common.proto`).
-const MAX_PASSWORD: usize = 1024;
 /// Longest OAuth token, in bytes; real ones are a few hundred.
 const MAX_TOKEN: usize = 8192;
 
@@ -68,10 +65,6 @@ fn invalid(field: impl Into<String>, description: impl Into<String>) -> Credenti
     CredentialsError::Invalid(vec![FieldViolation::new(field, description)])
 }
 
-fn no_line_breaks(value: &str) -> bool {
-    !value.contains(['\r', '\n'])
-}
-
 impl CredentialsInput {
     /// Checks the credentials against the provider and the address being connected; `prefix` is
     /// the request path of the Credentials message.
@@ -98,27 +91,19 @@ impl CredentialsInput {
                 ))
             }
             (CredentialsInput::Password { username, password }, false) => {
-                let field = format!("{prefix}.password");
                 let username = if username.trim().is_empty() {
                     email.as_str().to_owned()
                 } else {
                     username.trim().to_owned()
                 };
-                if username.chars().count() > MAX_USERNAME || !no_line_breaks(&username) {
-                    violations.add(
-                        format!("{field}.username"),
-                        format!("must be at most {MAX_USERNAME} characters without line breaks"),
-                    );
-                }
-                let secret = password.expose();
-                if secret.is_empty() || secret.len() > MAX_PASSWORD || !no_line_breaks(secret) {
-                    violations.add(
-                        format!("{field}.password"),
-                        format!("is required: 1 to {MAX_PASSWORD} bytes without line breaks"),
-                    );
-                }
-                violations
-                    .finish(|| Credentials::Password(PasswordLogin { username, password }))
+                // The probe logs in with them: the same limits as its test credentials.
+                ProbeCredentials::parse(&format!("{prefix}.password"), username, password)
+                    .map(|login| {
+                        Credentials::Password(PasswordLogin {
+                            username: login.username,
+                            password: login.password,
+                        })
+                    })
                     .map_err(CredentialsError::Invalid)
             }
             (

@@ -334,9 +334,8 @@ impl Drop for TestApp {
                 runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
             });
         if waitable {
-            let _ = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(server)
-            });
+            let _ =
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(server));
         } else {
             server.abort();
         }
