@@ -146,6 +146,14 @@ impl From<StoreError> for ServiceError {
                 tracing::warn!(%cause, "database unavailable");
                 Self::Unavailable("the database is unavailable; retry with backoff".to_owned())
             }
+            // AIP-193: ABORTED is the code a client retries the whole read-modify-write on.
+            StoreError::Contention(cause) => {
+                tracing::warn!(%cause, "concurrent transaction");
+                Self::Aborted {
+                    reason: "CONCURRENT_TRANSACTION",
+                    message: "a concurrent transaction got in the way; retry the call".to_owned(),
+                }
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::Internal(other.to_string())

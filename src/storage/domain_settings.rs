@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::Change;
 use super::schema::{attempted_domains, domain_settings, domain_settings_requests};
-use super::{Database, DbConnection, StoreError, from_micros, to_micros};
+use super::{Database, DbConnection, StoreError, exclusive, from_micros, to_micros};
 use crate::domain::domain_name::DomainName;
 use crate::domain::domain_settings::{
     DomainSettings, ExchangeScope, ExchangeSettings, ImapSettings, ServerSettings, SettingsKind,
@@ -333,7 +333,7 @@ impl DomainSettingsStore for Database {
         let change = settings_change(account_id, &settings.domain);
         let outcome = self
             .run(move |conn| {
-                conn.transaction(|conn| {
+                exclusive(conn, |conn| {
                     let Some(current) = load(conn, account_id, settings.domain.as_str())? else {
                         return Ok(WriteOutcome::NotFound);
                     };
@@ -380,7 +380,7 @@ impl DomainSettingsStore for Database {
         let change = settings_change(account_id, &domain);
         let outcome = self
             .run(move |conn| {
-                conn.transaction(|conn| {
+                exclusive(conn, |conn| {
                     let Some(current) = load(conn, account_id, domain.as_str())? else {
                         return Ok(WriteOutcome::NotFound);
                     };
