@@ -212,6 +212,7 @@ impl Application {
                 schedule: CheckSchedule {
                     interval: inbox_settings.connection_check_interval,
                 },
+                hosted: inbox_settings.hosted_domains(),
             },
         )));
         let (workers_stop_tx, workers_stop) = watch::channel(false);

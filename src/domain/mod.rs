@@ -2,6 +2,7 @@
 //! Nothing here does I/O.
 
 pub mod allowlist;
+pub mod channel;
 pub mod connection;
 pub mod credentials;
 pub mod directory;

@@ -5,6 +5,7 @@
 
 pub mod allowlist;
 mod cache;
+mod channels;
 pub mod directory;
 pub mod domain_settings;
 pub mod inbox_connections;

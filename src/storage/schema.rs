@@ -151,6 +151,7 @@ diesel::table! {
         first_failure_time -> Nullable<BigInt>,
         last_error -> Text,
         next_check_time -> Nullable<BigInt>,
+        forwarding_address -> Nullable<Text>,
     }
 }
 

@@ -12,6 +12,7 @@ mod fault_servers;
 mod grpcurl;
 mod hardening;
 mod harness;
+mod hosted_channels;
 mod inbox_world;
 mod inboxes;
 mod mail_servers;

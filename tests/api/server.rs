@@ -25,7 +25,7 @@ async fn methods_not_built_yet_name_themselves(backend: Backend) {
     let app = spawn_app(backend).await;
     let token = app.user_token(1, 1, &[]);
     for path in [
-        "/mailconnect.v1.InboxConnectionService/PreviewSender",
+        "/mailconnect.v1.InboxConnectionService/StartAddressVerification",
         "/mailconnect.v1.InboxConnectionService/RouteInboundEmail",
     ] {
         let mut grpc = tonic::client::Grpc::new(app.channel.clone());

@@ -2,6 +2,7 @@
 //! conversations inboxes, personal and team mailboxes, their sealed credentials, their
 //! lifecycle, and the notifications it writes.
 
+mod channels;
 mod connect;
 mod inboxes;
 mod manage;
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::domain::channel::HostedDomains;
 use crate::domain::connection::{Connection, ConnectionKind, connection_name, inbox_name};
 use crate::domain::domain_name::DomainName;
 use crate::domain::inbox::InboxLimits;
@@ -24,6 +26,7 @@ use super::domain_settings::{DomainSettingsService, DomainSettingsStore, Resolut
 use super::probing::Prober;
 use store::{InboxConnectionStore, StoredRequest};
 
+pub use channels::{SenderPreview, default_address};
 pub use connect::{ConnectRequest, Connected, ServersInput};
 pub use manage::ListFilter;
 pub use store::{ConnectionFilter, TimeKey};
@@ -86,6 +89,7 @@ pub struct InboxConnectionService<S, P, O, R> {
     keys: Option<Keyring>,
     limits: InboxLimits,
     schedule: CheckSchedule,
+    hosted: HostedDomains,
 }
 
 /// The knobs of the service, from configuration.
@@ -93,6 +97,7 @@ pub struct Options {
     pub keys: Option<Keyring>,
     pub limits: InboxLimits,
     pub schedule: CheckSchedule,
+    pub hosted: HostedDomains,
 }
 
 const ADMINS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
@@ -260,6 +265,7 @@ where
             keys: options.keys,
             limits: options.limits,
             schedule: options.schedule,
+            hosted: options.hosted,
         }
     }
 

@@ -4,11 +4,12 @@
 use std::future::Future;
 use std::time::SystemTime;
 
+use crate::domain::channel::ChannelSettings;
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionState, DisconnectReason, Health, Usage,
 };
 use crate::domain::credentials::SealedCredentials;
-use crate::domain::directory::{Tier, User};
+use crate::domain::directory::{Account, Team, Tier, User};
 use crate::domain::inbox::Inbox;
 use crate::domain::notification::Notification;
 use crate::service::StoreError;
@@ -72,6 +73,16 @@ pub enum ConnectionInsertOutcome {
     /// The connection to replace changed or went away meanwhile.
     ReplacedChanged,
     Replayed(StoredRequest),
+    /// Another channel (of any account) has the forwarding address.
+    ForwardingTaken,
+}
+
+/// The directory entries a channel's routing names: the listed teams, and the listed users
+/// with every member of those teams (deleted or not).
+#[derive(Debug, Clone, Default)]
+pub struct RoutingDirectory {
+    pub users: Vec<User>,
+    pub teams: Vec<Team>,
 }
 
 /// A change to one connection.
@@ -91,6 +102,9 @@ pub enum ConnectionChange {
         health: Health,
         next_check_time: Option<SystemTime>,
     },
+    /// New channel settings (and forwarding address) of a team connection. A forwarding address
+    /// another connection holds makes the write fail with `StoreError::Conflict`.
+    SetChannel(ChannelSettings),
     /// DISCONNECTED by the service; notifies as the proto says.
     Disconnect {
         reason: DisconnectReason,
@@ -115,6 +129,16 @@ pub trait InboxConnectionStore: Send + Sync + 'static {
         &self,
         account_id: i64,
     ) -> impl Future<Output = Result<Option<Tier>, StoreError>> + Send;
+    fn directory_account(
+        &self,
+        account_id: i64,
+    ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
+    fn routing_directory(
+        &self,
+        account_id: i64,
+        user_ids: Vec<i64>,
+        team_ids: Vec<i64>,
+    ) -> impl Future<Output = Result<RoutingDirectory, StoreError>> + Send;
     fn directory_user(
         &self,
         account_id: i64,
