@@ -19,6 +19,7 @@ pub mod sealing;
 pub mod secret;
 pub mod special_purpose;
 pub mod time;
+pub mod verification;
 pub mod violation;
 
 pub use violation::{FieldViolation, Violations};

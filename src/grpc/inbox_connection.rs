@@ -663,16 +663,33 @@ where
 
     async fn start_address_verification(
         &self,
-        _request: Request<proto::StartAddressVerificationRequest>,
+        request: Request<proto::StartAddressVerificationRequest>,
     ) -> Result<Response<proto::StartAddressVerificationResponse>, Status> {
-        Err(not_yet("StartAddressVerification"))
+        let principal = principal(&request)?;
+        let started = self
+            .service
+            .start_address_verification(&principal, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(proto::StartAddressVerificationResponse {
+            connection: Some(connection_to_proto(started.connection)),
+            sent_to: started.sent_to,
+            expire_time: started.expire_time.map(Into::into),
+        }))
     }
 
     async fn verify_address(
         &self,
-        _request: Request<proto::VerifyAddressRequest>,
+        request: Request<proto::VerifyAddressRequest>,
     ) -> Result<Response<proto::VerifyAddressResponse>, Status> {
-        Err(not_yet("VerifyAddress"))
+        let principal = principal(&request)?;
+        let request = request.get_ref();
+        let connection = self
+            .service
+            .verify_address(&principal, &request.name, &request.code)
+            .await?;
+        Ok(Response::new(proto::VerifyAddressResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn complete_setup(

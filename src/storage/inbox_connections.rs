@@ -12,6 +12,7 @@ use super::directory::{load_account, load_teams, load_user, load_users};
 use super::domain_settings::SettingsJson;
 use super::notifications::write_notifications;
 use super::schema::{accounts, connection_credentials, connections, inbox_requests, inboxes};
+use super::verifications;
 use super::{Database, DbConnection, StoreError, exclusive, from_micros, to_micros};
 use crate::domain::channel::ChannelSettings;
 use crate::domain::connection::{
@@ -25,9 +26,9 @@ use crate::domain::inbox::Inbox;
 use crate::domain::notification::{Event, Notification};
 use crate::service::domain_settings::WriteOutcome;
 use crate::service::inbox_connections::store::{
-    ConnectionChange, ConnectionFilter, ConnectionInsert, ConnectionInsertOutcome,
-    InboxConnectionStore, InboxDelete, InboxInsert, RequestRecord, RoutingDirectory, StoredRequest,
-    TimeKey,
+    AttemptOutcome, CodeStart, CodeStartOutcome, ConnectionChange, ConnectionFilter,
+    ConnectionInsert, ConnectionInsertOutcome, InboxConnectionStore, InboxDelete, InboxInsert,
+    RequestRecord, RoutingDirectory, StoredRequest, TimeKey,
 };
 use crate::service::key_rotation::{CredentialStore, StoredCredentials};
 use crate::service::monitor::MonitorStore;
@@ -386,6 +387,7 @@ fn delete_row(
     now: i64,
 ) -> Result<(), StoreError> {
     diesel::delete(connection_credentials::table.find(connection.id)).execute(conn)?;
+    verifications::delete_code(conn, connection.id)?;
     diesel::delete(connections::table.find(connection.id)).execute(conn)?;
     if connection.kind == ConnectionKind::Team {
         write_notifications(conn, connection, Event::Deleted, actor_user_id, now)?;
@@ -940,6 +942,47 @@ impl InboxConnectionStore for Database {
         .await
     }
 
+    async fn start_verification(&self, start: CodeStart) -> Result<CodeStartOutcome, StoreError> {
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let Some(current) = load_connection(conn, start.account_id, start.connection_id)?
+                else {
+                    return Ok(CodeStartOutcome::NotFound);
+                };
+                if current.version != start.expected_version {
+                    return Ok(CodeStartOutcome::Stale);
+                }
+                if let Err(oldest) = verifications::record_code(conn, &start)? {
+                    return Ok(CodeStartOutcome::RateLimited { oldest });
+                }
+                let now = to_micros(start.now);
+                apply_change(
+                    conn,
+                    &current,
+                    ConnectionChange::SetChannel(start.channel),
+                    now,
+                )?;
+                let changed = load_connection(conn, start.account_id, start.connection_id)?
+                    .ok_or_else(|| StoreError::Internal("connection vanished".into()))?;
+                Ok(CodeStartOutcome::Started(Box::new(changed)))
+            })
+        })
+        .await
+    }
+
+    async fn claim_attempt(
+        &self,
+        account_id: i64,
+        connection_id: i64,
+        now: SystemTime,
+        max_attempts: i32,
+    ) -> Result<AttemptOutcome, StoreError> {
+        self.run(move |conn| {
+            verifications::claim_attempt(conn, account_id, connection_id, now, max_attempts)
+        })
+        .await
+    }
+
     async fn list_notifications(
         &self,
         account_id: i64,
@@ -1026,6 +1069,10 @@ fn apply_change(
         }
         ConnectionChange::Disconnect { reason, health } => {
             disconnect(conn, current, reason, Some(&health), now)?;
+        }
+        ConnectionChange::AddressVerified(channel) => {
+            verifications::delete_code(conn, current.id)?;
+            apply_change(conn, current, ConnectionChange::SetChannel(channel), now)?;
         }
         ConnectionChange::SetChannel(channel) => {
             diesel::update(row)

@@ -13,6 +13,7 @@ mod notifications;
 mod pool;
 pub mod schema;
 mod url;
+mod verifications;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 

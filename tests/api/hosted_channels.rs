@@ -2,6 +2,9 @@
 //! address with PROVIDER_HOSTED, its forwarding address, channel settings, the sender preview,
 //! customizing the forwarding address and completing the setup.
 
+use std::sync::Arc;
+
+use mailconnect::config::Settings;
 use mailconnect::domain::domain_name::DomainName;
 use mailconnect::grpc::proto::{
     self, ChannelSettings, ChannelState, CompleteSetupRequest, ConnectTeamEmailRequest, Connection,
@@ -9,12 +12,13 @@ use mailconnect::grpc::proto::{
     PreviewSenderRequest, Provider, Routing, RoutingMode, SenderName, SenderNameFormat, Team,
     TicketRule, Tier, UpdateChannelSettingsRequest, UpsertAccountRequest, UpsertTeamRequest,
 };
+use mailconnect::service::clock::{Clock, SystemClock};
 use prost_types::FieldMask;
 use tonic::{Code, Status};
 
 use crate::backend_tests;
 use crate::harness::{
-    Backend, TestApp, assert_error, authed, spawn_app_with, violated_fields,
+    Backend, TestApp, assert_error, authed, spawn_app_on, spawn_app_with, violated_fields,
     violated_fields_with_reason,
 };
 use crate::inbox_world::{
@@ -29,10 +33,25 @@ pub const TEAM: i64 = 40;
 
 /// The world of the inbox tests on a server with both hosted mail domains.
 pub async fn hosted_world(backend: Backend, tier: Tier) -> TestApp {
-    let app = spawn_app_with(backend, |settings| {
-        settings.inbox.hosted_domain = Some(DomainName::parse("d", PAID_DOMAIN).unwrap());
-        settings.inbox.hosted_domain_free = Some(DomainName::parse("d", FREE_DOMAIN).unwrap());
-    })
+    hosted_world_on(backend, tier, Arc::new(SystemClock), |_| {}).await
+}
+
+/// Like [`hosted_world`], on `clock`, with the settings changed by `configure` too.
+pub async fn hosted_world_on(
+    backend: Backend,
+    tier: Tier,
+    clock: Arc<dyn Clock>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let app = spawn_app_on(
+        backend,
+        |settings| {
+            settings.inbox.hosted_domain = Some(DomainName::parse("d", PAID_DOMAIN).unwrap());
+            settings.inbox.hosted_domain_free = Some(DomainName::parse("d", FREE_DOMAIN).unwrap());
+            configure(settings);
+        },
+        clock,
+    )
     .await;
     seed_directory(&app, tier).await;
     app.directory()
@@ -141,7 +160,7 @@ pub async fn complete(app: &TestApp, name: &str) -> Result<Connection, Status> {
         .map(|r| r.into_inner().connection.unwrap())
 }
 
-fn custom_from(address: &str) -> ChannelSettings {
+pub fn custom_from(address: &str) -> ChannelSettings {
     ChannelSettings {
         from_address: Some(FromAddress {
             kind: FromAddressKind::Custom.into(),

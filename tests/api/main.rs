@@ -1,5 +1,6 @@
 //! The integration tests: the real server over real gRPC, on Postgres and on SQLite.
 
+mod address_verification;
 mod allowlist;
 mod attempted_domains;
 mod cli;

@@ -7,6 +7,7 @@ mod connect;
 mod inboxes;
 mod manage;
 pub mod store;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,6 +31,7 @@ pub use channels::{SenderPreview, default_address};
 pub use connect::{ConnectRequest, Connected, ServersInput};
 pub use manage::ListFilter;
 pub use store::{ConnectionFilter, TimeKey};
+pub use verify::{CodeMailer, RelayMailer, VERIFICATION_ID_PREFIX, VerificationStarted};
 
 /// What the connect use cases need from domain settings: the servers a user's address resolves
 /// to, as ResolveConnectionSettings finds them (recording an attempt when nothing is found).
@@ -90,6 +92,8 @@ pub struct InboxConnectionService<S, P, O, R> {
     limits: InboxLimits,
     schedule: CheckSchedule,
     hosted: HostedDomains,
+    /// The relay verification codes go through; `None` without one.
+    mailer: Option<Arc<dyn CodeMailer>>,
 }
 
 /// The knobs of the service, from configuration.
@@ -98,6 +102,7 @@ pub struct Options {
     pub limits: InboxLimits,
     pub schedule: CheckSchedule,
     pub hosted: HostedDomains,
+    pub mailer: Option<Arc<dyn CodeMailer>>,
 }
 
 const ADMINS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
@@ -266,6 +271,7 @@ where
             limits: options.limits,
             schedule: options.schedule,
             hosted: options.hosted,
+            mailer: options.mailer,
         }
     }
 
