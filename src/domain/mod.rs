@@ -9,6 +9,7 @@ pub mod directory;
 pub mod domain_name;
 pub mod domain_settings;
 pub mod email;
+pub mod inbound;
 pub mod inbox;
 pub mod notification;
 pub mod page;
