@@ -12,8 +12,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use diesel::RunQueryDsl as _;
@@ -45,6 +45,8 @@ struct Stalled {
     open: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
+    /// How long each closed connection was held, from accept to the client's close.
+    held: Arc<Mutex<Vec<Duration>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,18 +57,21 @@ impl Stalled {
         let open = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (o, p, a) = (open.clone(), peak.clone(), accepted.clone());
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (o, p, a, h) = (open.clone(), peak.clone(), accepted.clone(), held.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
+                let since = Instant::now();
                 a.fetch_add(1, Ordering::Relaxed);
                 p.fetch_max(o.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                let o = o.clone();
+                let (o, h) = (o.clone(), h.clone());
                 // Reads (and drops) what the client sends until it closes: then it no longer holds
                 // the connection.
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 1024];
                     while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
                     o.fetch_sub(1, Ordering::SeqCst);
+                    h.lock().unwrap().push(since.elapsed());
                 });
             }
         });
@@ -75,8 +80,22 @@ impl Stalled {
             open,
             peak,
             accepted,
+            held,
             task,
         }
+    }
+
+    /// What the report says of this listener: peak, accepted, and the shortest, median and
+    /// longest time a connection was held, in seconds.
+    fn summary(&self) -> (usize, usize, [f64; 3]) {
+        let mut held = self.held.lock().unwrap().clone();
+        held.sort();
+        let at = |i: usize| held.get(i).map_or(0.0, Duration::as_secs_f64);
+        (
+            self.peak.load(Ordering::SeqCst),
+            self.accepted.load(Ordering::Relaxed),
+            [at(0), at(held.len() / 2), at(held.len().saturating_sub(1))],
+        )
     }
 
     fn open(&self) -> usize {
@@ -214,12 +233,7 @@ pub async fn run(binary: &Path, database: &Database, dir: &Path, duration: Durat
         [seeding, stop],
         cpu,
         peak_rss,
-        [&imap, &smtp].map(|listener| {
-            (
-                listener.peak.load(Ordering::SeqCst),
-                listener.accepted.load(Ordering::Relaxed),
-            )
-        }),
+        [&imap, &smtp].map(Stalled::summary),
     )
 }
 
@@ -262,7 +276,7 @@ fn render(
     [seeding, stop]: [Duration; 2],
     cpu: f64,
     peak_rss_kib: u64,
-    listeners: [(usize, usize); 2],
+    listeners: [(usize, usize, [f64; 3]); 2],
 ) -> String {
     let last = samples.last().expect("sampled at least once");
     let seconds = last.at.as_secs_f64();
@@ -302,7 +316,6 @@ fn render(
         .unwrap();
     }
     writeln!(out).unwrap();
-    let [(imap_peak, imap_accepted), (smtp_peak, smtp_accepted)] = listeners;
     let verdict = |peak: usize| {
         if peak <= CONCURRENCY {
             "within"
@@ -310,7 +323,9 @@ fn render(
             "OVER"
         }
     };
-    writeln!(out, "- most connections held at once (every accept and close counted): IMAPS listener {imap_peak}, submission listener {smtp_peak} ({} and {} the check concurrency of {CONCURRENCY}; a check probes both servers at once); accepted in all {imap_accepted} and {smtp_accepted}", verdict(imap_peak), verdict(smtp_peak)).unwrap();
+    for ((peak, accepted, [min, p50, max]), name) in listeners.iter().zip(["IMAPS", "submission"]) {
+        writeln!(out, "- {name} listener: at most {peak} connections held at once ({} the check concurrency of {CONCURRENCY}; every accept and close is counted), {accepted} accepted, each held {min:.2} / {p50:.2} / {max:.2} s (min / median / max, accept to the client's close)", verdict(*peak)).unwrap();
+    }
     let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
     writeln!(out, "- server RSS, sampled every second: {} MiB at the start, {} MiB half-way, {} MiB at the end, at most {} MiB (VmHWM {} MiB); server CPU {cpu:.2} s", mib(rss[0]), mib(rss[rss.len() / 2]), mib(rss[rss.len() - 1]), mib(rss.iter().copied().max().unwrap_or(0)), mib(peak_rss_kib)).unwrap();
     writeln!(out, "- SIGTERM to exit: {:.1} s (the round of checks in progress is finished first; at most {} claimed checks, {CONCURRENCY} at a time)", stop.as_secs_f64(), 4 * CONCURRENCY).unwrap();
