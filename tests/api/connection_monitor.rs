@@ -159,15 +159,9 @@ fn recipients(sink: &Aiosmtpd) -> Vec<String> {
 /// password stores nothing); when the password changes, the monitor disconnects the mailboxes
 /// (CREDENTIALS_EXPIRED) and the owner, the admins and the connecting user get an email.
 async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Backend) {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
-    let Some(smtp) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
-    let Some(sink) = Aiosmtpd::sink(free_port()) else {
-        return;
-    };
+    let dovecot = Dovecot::start();
+    let smtp = Aiosmtpd::start(SmtpMode::StartTls);
+    let sink = Aiosmtpd::sink(free_port());
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let app = app_on(backend, &clock, sink.port, &tokens, |_| {}).await;
@@ -306,12 +300,8 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
 /// Dovecot stopped: failures count, and only after the threshold over the minimum span (3 over
 /// 30 minutes by default) is the mailbox disconnected as SERVER_UNREACHABLE.
 async fn an_outage_disconnects_only_after_the_threshold(backend: Backend) {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
-    let Some(smtp) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
+    let dovecot = Dovecot::start();
+    let smtp = Aiosmtpd::start(SmtpMode::StartTls);
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let app = app_on(backend, &clock, free_port(), &tokens, |_| {}).await;
@@ -456,9 +446,7 @@ async fn notifications_wait_for_the_relay_and_arrive_once(backend: Backend) {
             .then_some(())
     })
     .await;
-    let Some(sink) = Aiosmtpd::sink(relay_port) else {
-        return;
-    };
+    let sink = Aiosmtpd::sink(relay_port);
     clock.advance(Duration::from_secs(3600));
     eventually("the notification is delivered", || async {
         (crate::credentials::count_rows(
@@ -476,9 +464,7 @@ async fn notifications_wait_for_the_relay_and_arrive_once(backend: Backend) {
 /// (by one of them), and each notification is mailed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_check_each_connection_once_and_mail_once() {
-    let Some(sink) = Aiosmtpd::sink(free_port()) else {
-        return;
-    };
+    let sink = Aiosmtpd::sink(free_port());
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let first = app_on(Backend::Postgres, &clock, sink.port, &tokens, |_| {}).await;
