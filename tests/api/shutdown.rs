@@ -71,7 +71,34 @@ async fn sigterm_drains_in_flight_calls_and_exits_cleanly(backend: Backend) {
     );
 }
 
-backend_tests!(sigterm_drains_in_flight_calls_and_exits_cleanly);
+/// Once the server has returned, the thread that follows other writers for the read cache is
+/// gone (it closed its connection and was joined), not left to end on its own while `main`
+/// returns and the exit handlers run (issue 16, 1). nextest runs each test in a process of its
+/// own, so the threads seen are this server's.
+async fn the_stopped_server_leaves_no_listener_thread(backend: Backend) {
+    let app = crate::harness::spawn_app(backend).await;
+    assert_eq!(threads_named("cache-listener"), 1, "the listener runs");
+    app.stop().await;
+    assert_eq!(
+        threads_named("cache-listener"),
+        0,
+        "the listener outlived the server"
+    );
+}
+
+/// How many threads of this process have this name.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+backend_tests!(
+    sigterm_drains_in_flight_calls_and_exits_cleanly,
+    the_stopped_server_leaves_no_listener_thread
+);
 
 /// Start, one call that reads through the cache, SIGTERM: every exit is status 0, never a
 /// signal. The release binary on Postgres exited with SIGSEGV in 1 of 40 such cycles, a thread
