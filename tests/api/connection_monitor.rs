@@ -28,11 +28,11 @@ use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, f
 use crate::token_endpoint::{CLIENT_ID, CLIENT_SECRET, TokenEndpoint, field};
 
 /// The monitor's interval in these tests (the default).
-const INTERVAL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// The app on a manual clock, with a relay on `relay_port` and Google's token endpoint on
 /// loopback.
-async fn app_on(
+pub(crate) async fn app_on(
     backend: Backend,
     clock: &Arc<ManualClock>,
     relay_port: u16,
@@ -66,7 +66,7 @@ fn with_relay_and_oauth(settings: &mut Settings, relay: &str, token_url: url::Ur
 }
 
 /// A clock at a whole second (times are stored to the microsecond).
-fn clock() -> Arc<ManualClock> {
+pub(crate) fn clock() -> Arc<ManualClock> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -95,7 +95,7 @@ fn imap_preset(dovecot: &Dovecot, smtp: &Aiosmtpd) -> DomainSettings {
 }
 
 /// The admins' preset for acme.example.
-async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
+pub(crate) async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
     DomainSettingsServiceClient::new(app.channel.clone())
         .create_domain_settings(authed(
             &token(app, ADMIN),
@@ -108,7 +108,7 @@ async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
         .unwrap();
 }
 
-async fn connect_imap(
+pub(crate) async fn connect_imap(
     app: &TestApp,
     user: i64,
     address: &str,
@@ -129,7 +129,11 @@ async fn connect_imap(
 }
 
 /// Waits until the monitor checked the connection at the clock's current time.
-async fn checked_now(app: &TestApp, clock: &ManualClock, name: &str) -> proto::Connection {
+pub(crate) async fn checked_now(
+    app: &TestApp,
+    clock: &ManualClock,
+    name: &str,
+) -> proto::Connection {
     let now = prost_types::Timestamp::from(mailconnect::service::clock::Clock::now(clock));
     eventually("the monitor checked the connection", || async {
         let connection = get_connection(app, name).await;
