@@ -162,7 +162,7 @@ struct Context {
     users: Vec<MetadataValue<Ascii>>,
     admins: Vec<MetadataValue<Ascii>>,
     probe_addresses: Vec<String>,
-    mail_ports: Option<(u16, u16)>,
+    mail_ports: (u16, u16),
     /// Makes every created domain new, across measurements.
     created: AtomicU64,
 }
@@ -298,7 +298,7 @@ impl Context {
                 }
             }
             Workload::CreateWithProbe => {
-                let (imaps, smtp) = self.mail_ports.expect("mail servers are running");
+                let (imaps, smtp) = self.mail_ports;
                 let n = self.created.fetch_add(1, Ordering::Relaxed);
                 let server = |port: u16, security: Security| ServerAddress {
                     host: "127.0.0.1".into(),
@@ -816,7 +816,7 @@ async fn start_server(
     binary: &Path,
     database_url: &str,
     dir: &Path,
-    mail_ports: Option<(u16, u16)>,
+    (imaps, smtp): (u16, u16),
     settings: &[(&str, String)],
 ) -> (Server, Duration) {
     let port = free_port();
@@ -829,9 +829,7 @@ async fn start_server(
         .env("MAILCONNECT_PROBE_RATE_PER_MINUTE", "1000000")
         .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("server.err")).unwrap());
-    if let Some((imaps, smtp)) = mail_ports {
-        command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
-    }
+    command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
     let started = Instant::now();
     let server = Server {
         child: command.spawn().expect("start mailconnect serve"),
@@ -1270,10 +1268,7 @@ async fn bench(placement: Placement) {
 
     let dovecot = mail_servers::Dovecot::start();
     let smtp = mail_servers::Aiosmtpd::start(mail_servers::SmtpMode::StartTls);
-    let mail_ports = match (&dovecot, &smtp) {
-        (Some(dovecot), Some(smtp)) => Some((dovecot.imaps_port, smtp.port)),
-        _ => None,
-    };
+    let mail_ports = (dovecot.imaps_port, smtp.port);
 
     let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports, &[]).await;
     facts.push((
@@ -1328,10 +1323,6 @@ async fn bench(placement: Placement) {
     let mut measurements = Vec::new();
     for workload in Workload::ALL {
         if !selected(workload.key()) {
-            continue;
-        }
-        if workload == Workload::CreateWithProbe && mail_ports.is_none() {
-            facts.push(("skipped".to_owned(), "CreateDomainSettings + probe: Dovecot or aiosmtpd is missing (scripts/bench installs them)".to_owned()));
             continue;
         }
         for streams in STREAMS {

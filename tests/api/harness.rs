@@ -29,6 +29,12 @@ pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// The credential key of every test server (replicas of one database share it).
 pub const TEST_ENCRYPTION_KEYS: &str = "test1:bWFpbGNvbm5lY3QtdGVzdC1rZXktMDEyMzQ1Njc4OSE=";
 
+/// Whether the long parts run (`scripts/test --long`, which CI passes, sets
+/// `MAILCONNECT_TEST_LONG=1`): more cycles, more cases, the same assertions.
+pub fn long_tests() -> bool {
+    std::env::var_os("MAILCONNECT_TEST_LONG").is_some_and(|value| value == "1")
+}
+
 /// The Postgres server the tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("MAILCONNECT_TEST_POSTGRES_URL")
@@ -134,6 +140,8 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             data_dir,
             jwt_secret: Some(Secret::new(TEST_SECRET.to_owned())),
             jwt_public_keys: vec![],
+            jwt_issuer: None,
+            jwt_audience: None,
         },
         database: DatabaseSettings {
             database_url: Some(Secret::new(database_url.to_owned())),

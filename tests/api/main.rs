@@ -28,6 +28,7 @@ mod probe_leaks;
 mod probe_properties;
 mod process;
 mod resources;
+mod secrets_scan;
 mod server;
 mod shutdown;
 mod telemetry;
