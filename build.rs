@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::MessageCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -166,6 +166,13 @@ fn writer_account(principal: &Principal, action: &str) -> Result<i64, ServiceErr
     account_of(principal)
 }
 
+/// Refuses a caller who may not write or probe settings, before the transport reads the request:
+/// a caller without the role learns nothing about what it sent (PERMISSION_DENIED comes before
+/// INVALID_ARGUMENT).
+pub fn authorize_write(principal: &Principal, action: &str) -> Result<(), ServiceError> {
+    writer_account(principal, action).map(drop)
+}
+
 fn not_found(domain: &DomainName) -> ServiceError {
     ServiceError::not_found(
         "DOMAIN_SETTINGS_NOT_FOUND",
