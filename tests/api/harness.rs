@@ -448,6 +448,12 @@ pub fn violated_fields_with_reason(status: &Status, reason: &str) -> Vec<String>
         .collect()
 }
 
+/// Whether the long runs were asked for (`MAILCONNECT_TEST_LONG=1`, what `scripts/test --long`
+/// and CI set): the fuzzer's 10,000 payloads and the races at ten times the feature tests' counts.
+pub fn long_run() -> bool {
+    std::env::var("MAILCONNECT_TEST_LONG").is_ok_and(|value| value == "1")
+}
+
 /// Declares, for each async fn taking a [`Backend`], one test per backend.
 #[macro_export]
 macro_rules! backend_tests {

@@ -62,14 +62,27 @@ pub struct Method {
     pub server_streaming: bool,
 }
 
-/// The status code of one call to `path` with `body` (the first message of a stream), with
-/// `token` as bearer when given. A streaming method counts as OK once its stream opened.
+/// The status code of one call to `method` with `body` (the first message of a stream), with
+/// `token` as bearer when given.
 pub async fn call_code(
     channel: &Channel,
     method: &Method,
     token: Option<&str>,
     body: Vec<u8>,
 ) -> Code {
+    match call(channel, method, token, body).await {
+        Ok(()) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// One call; a streaming method succeeds once its stream opened.
+pub async fn call(
+    channel: &Channel,
+    method: &Method,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(), Status> {
     let mut request = tonic::Request::new(tokio_stream::once(body));
     request.set_timeout(Duration::from_secs(20));
     if let Some(token) = token {
@@ -79,22 +92,16 @@ pub async fn call_code(
         );
     }
     let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.expect("channel ready");
+    grpc.ready()
+        .await
+        .map_err(|error| Status::unavailable(error.to_string()))?;
     let path = method.path.parse().expect("method path");
-    let mut stream = match grpc.streaming(request, path, RawCodec).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return status.code(),
-    };
+    let mut stream = grpc.streaming(request, path, RawCodec).await?.into_inner();
     if method.server_streaming {
-        return Code::Ok;
+        return Ok(());
     }
-    loop {
-        match stream.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Code::Ok,
-            Err(status) => return status.code(),
-        }
-    }
+    while stream.message().await?.is_some() {}
+    Ok(())
 }
 
 /// Every method of every service the server lists through reflection (v1; the v1alpha service

@@ -73,15 +73,15 @@ const OTHER_SUPER_ADMIN: i64 = 20;
 const MISSING: &str = "999999";
 
 /// What the requests refer to.
-struct World {
+pub struct World {
     /// An inbox of [`ACCOUNT`].
-    inbox: String,
+    pub inbox: String,
 }
 
-struct Row {
-    method: &'static str,
+pub struct Row {
+    pub method: &'static str,
     access: Access,
-    request: fn(&World) -> Vec<u8>,
+    pub request: fn(&World) -> Vec<u8>,
     /// The code for a caller the method lets in.
     allowed: Code,
     /// The code for another account's super admin (the request names [`ACCOUNT`]'s records,
@@ -195,7 +195,7 @@ const HOSTED_PENDING: &[(&str, Code)] = &[
     ),
 ];
 
-fn table() -> Vec<Row> {
+pub fn table() -> Vec<Row> {
     use Access::*;
     vec![
         row("/grpc.health.v1.Health/Check", Anyone, empty, Code::Ok),
@@ -618,7 +618,7 @@ fn token_of(app: &TestApp, caller: Caller) -> Option<String> {
 }
 
 /// The two accounts and their users in the directory, and an inbox of [`ACCOUNT`].
-async fn seed(app: &TestApp) -> World {
+pub async fn seed(app: &TestApp) -> World {
     use mailconnect::grpc::proto::Role as R;
     let platform = app.platform_token();
     let mut directory = app.directory();
