@@ -302,6 +302,13 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             return Err(probe_refused(ProbeRefused::Busy));
         }
         if let Some(existing) = self.store.get(account_id, domain.clone()).await? {
+            // A concurrent call with this request id may have created it since the lookup
+            // above: that caller's answer, not ALREADY_EXISTS (races::one_request_id_*).
+            if let Some(id) = request_id
+                && let Some(first) = self.store.find_request(account_id, id).await?
+            {
+                return replay(first, &domain);
+            }
             return Err(already_exists(&domain, existing.settings.kind()));
         }
         let reports = self.probe_or_refuse(account_id, &settings, context).await?;

@@ -6,10 +6,10 @@
 //! 1,000 payloads per backend in the normal suite, 10,000 with `MAILCONNECT_TEST_LONG=1`. The
 //! generator is seeded (printed on failure; `MAILCONNECT_FUZZ_SEED` replays it).
 
+use futures_util::StreamExt as _;
 use mailconnect::domain::principal::Role;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use futures_util::StreamExt as _;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt as _;

@@ -30,6 +30,7 @@ mod probe_hostile;
 mod probe_leaks;
 mod probe_properties;
 mod process;
+mod races;
 mod raw_grpc;
 mod resources;
 mod role_matrix;
