@@ -36,5 +36,6 @@ mod resources;
 mod role_matrix;
 mod server;
 mod shutdown;
+mod shutdown_load;
 mod telemetry;
 mod token_endpoint;

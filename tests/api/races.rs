@@ -65,7 +65,10 @@ fn one_winner_else<T: std::fmt::Debug>(
     loser: impl Fn(&Status),
 ) -> usize {
     let winners: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
-    let won: Vec<_> = winners.iter().map(|index| (index, &results[*index])).collect();
+    let won: Vec<_> = winners
+        .iter()
+        .map(|index| (index, &results[*index]))
+        .collect();
     assert_eq!(winners.len(), 1, "winners: {won:?}");
     results
         .iter()
