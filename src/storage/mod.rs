@@ -66,7 +66,7 @@ impl From<DieselError> for StoreError {
 pub use crate::domain::time::{from_micros, to_micros};
 
 /// The Postgres advisory lock that [`exclusive`] transactions take turns on ("mailconnect").
-const EXCLUSIVE_LOCK: i64 = 0x6d61_696c_636f_6e6e;
+const EXCLUSIVE_LOCK: i64 = 0x6d61_696c_7772_6974; // "mailwrit"; migrations hold "mailconn"
 
 /// Runs `work` in a transaction that holds the write lock from its start, so that read-then-write
 /// transactions (check an etag, then write) take turns and none acts on what another is changing.

@@ -15,7 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt as _;
 
 use crate::backend_tests;
-use crate::harness::{Backend, TestApp, long_run, spawn_app, user_token};
+use crate::harness::{Backend, TestApp, long_tests, spawn_app, user_token};
 use crate::raw_grpc::{Method, all_descriptor_sets, call, served_methods};
 use crate::role_matrix::{World, seed, table};
 
@@ -23,7 +23,7 @@ use crate::role_matrix::{World, seed, table};
 const CONCURRENCY: usize = 16;
 
 fn payload_count() -> usize {
-    if long_run() { 10_000 } else { 1_000 }
+    if long_tests() { 10_000 } else { 1_000 }
 }
 
 /// The `mailconnect.v1` methods the server serves (health and reflection are tonic's own).

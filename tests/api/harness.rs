@@ -29,6 +29,12 @@ pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// The credential key of every test server (replicas of one database share it).
 pub const TEST_ENCRYPTION_KEYS: &str = "test1:bWFpbGNvbm5lY3QtdGVzdC1rZXktMDEyMzQ1Njc4OSE=";
 
+/// Whether the long parts run (`scripts/test --long`, which CI passes, sets
+/// `MAILCONNECT_TEST_LONG=1`): more cycles, more cases, the same assertions.
+pub fn long_tests() -> bool {
+    std::env::var_os("MAILCONNECT_TEST_LONG").is_some_and(|value| value == "1")
+}
+
 /// The Postgres server the tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("MAILCONNECT_TEST_POSTGRES_URL")
@@ -446,12 +452,6 @@ pub fn violated_fields_with_reason(status: &Status, reason: &str) -> Vec<String>
         .into_iter()
         .map(|violation| violation.field)
         .collect()
-}
-
-/// Whether the long runs were asked for (`MAILCONNECT_TEST_LONG=1`, what `scripts/test --long`
-/// and CI set): the fuzzer's 10,000 payloads and the races at ten times the feature tests' counts.
-pub fn long_run() -> bool {
-    std::env::var("MAILCONNECT_TEST_LONG").is_ok_and(|value| value == "1")
 }
 
 /// Declares, for each async fn taking a [`Backend`], one test per backend.

@@ -21,13 +21,13 @@ use tonic::{Code, Status};
 use crate::backend_tests;
 use crate::domain_settings::parse_ca;
 use crate::fault_servers::FakeEws;
-use crate::harness::{Backend, TestApp, assert_error, authed, long_run, spawn_app_with};
+use crate::harness::{Backend, TestApp, assert_error, authed, long_tests, spawn_app_with};
 use crate::inbox_world::{ADMIN, client, seed_directory, token};
 use crate::mail_servers::TestCa;
 
 /// `long` in the long runs, a tenth of it otherwise.
 fn count(long: usize) -> usize {
-    if long_run() { long } else { long / 10 }
+    if long_tests() { long } else { long / 10 }
 }
 
 /// Room for every racing call at once: nothing is shed, every call reaches the database.
