@@ -29,11 +29,11 @@ const BEFORE_SIGNAL: usize = 256;
 /// Room for every inbox the load creates.
 const ENV: &[(&str, &str)] = &[("MAILCONNECT_INBOX_LIMITS", "professional=1000000")];
 
-fn admin() -> String {
+pub fn admin() -> String {
     user_token(1, 7, &[Role::SuperAdmin])
 }
 
-fn create(name: &str) -> CreateInboxRequest {
+pub fn create(name: &str) -> CreateInboxRequest {
     CreateInboxRequest {
         inbox: Some(Inbox {
             display_name: name.to_owned(),
@@ -51,14 +51,14 @@ async fn start(database: &TestDatabase) -> ServerProcess {
 
 /// What each write's caller was told: the inbox it got, or the status.
 #[derive(Default)]
-struct Outcomes {
-    acknowledged: BTreeMap<String, Inbox>,
-    failed: Vec<(String, tonic::Status)>,
+pub struct Outcomes {
+    pub acknowledged: BTreeMap<String, Inbox>,
+    pub failed: Vec<(String, tonic::Status)>,
 }
 
 /// Runs 64 streams of creates until each fails once (the server went away); `loaded` is told
 /// once `BEFORE_SIGNAL` writes were acknowledged.
-async fn load(channel: Channel, loaded: Arc<Notify>) -> Outcomes {
+pub async fn load(channel: Channel, loaded: Arc<Notify>) -> Outcomes {
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let streams: Vec<_> = (0..STREAMS)
         .map(|stream| {
@@ -110,7 +110,7 @@ fn not_taken(status: &tonic::Status) -> bool {
 }
 
 /// Every inbox of the account, by display name, read from a restarted server.
-async fn stored_inboxes(channel: &Channel) -> BTreeMap<String, Inbox> {
+pub async fn stored_inboxes(channel: &Channel) -> BTreeMap<String, Inbox> {
     let mut client = InboxConnectionServiceClient::new(channel.clone());
     let mut stored = BTreeMap::new();
     let mut page_token = String::new();
@@ -138,7 +138,7 @@ async fn stored_inboxes(channel: &Channel) -> BTreeMap<String, Inbox> {
     }
 }
 
-async fn seed_account(channel: &Channel) {
+pub async fn seed_account(channel: &Channel) {
     let platform = test_token(&mailconnect::domain::principal::Principal {
         subject: "platform".into(),
         account_id: None,
@@ -218,8 +218,21 @@ async fn kill_9_during_writes_loses_no_acknowledged_write(backend: Backend) {
     for (name, inbox) in &outcomes.acknowledged {
         assert_eq!(stored.get(name), Some(inbox), "{name} was acknowledged");
     }
-    // No partial write: whatever a cut call left, its inbox and its request record are both
-    // there (a retry replays the stored inbox) or neither (a retry creates it now).
+    println!(
+        "kill -9 under load: {} writes acknowledged and all present, {} cut",
+        outcomes.acknowledged.len(),
+        outcomes.failed.len()
+    );
+    assert_whole_or_absent(&channel, &outcomes, &stored).await;
+}
+
+/// No partial write: whatever a cut call left, its inbox and its request record are both there
+/// (a retry replays the stored inbox) or neither (a retry creates it now, and nothing else).
+pub async fn assert_whole_or_absent(
+    channel: &Channel,
+    outcomes: &Outcomes,
+    stored: &BTreeMap<String, Inbox>,
+) {
     let mut client = InboxConnectionServiceClient::new(channel.clone());
     for (name, _) in &outcomes.failed {
         let retried = client
@@ -234,21 +247,12 @@ async fn kill_9_during_writes_loses_no_acknowledged_write(backend: Backend) {
             None => assert_eq!(retried.display_name, *name),
         }
     }
-    println!(
-        "kill -9 under load: {} writes acknowledged and all present, {} cut",
-        outcomes.acknowledged.len(),
-        outcomes.failed.len()
-    );
-    let after = stored_inboxes(&channel).await;
-    assert_eq!(
-        after.len(),
-        stored.len()
-            + outcomes
-                .failed
-                .iter()
-                .filter(|(n, _)| !stored.contains_key(n))
-                .count()
-    );
+    let created = outcomes
+        .failed
+        .iter()
+        .filter(|(name, _)| !stored.contains_key(name))
+        .count();
+    assert_eq!(stored_inboxes(channel).await.len(), stored.len() + created);
 }
 
 backend_tests!(
