@@ -166,6 +166,13 @@ fn writer_account(principal: &Principal, action: &str) -> Result<i64, ServiceErr
     account_of(principal)
 }
 
+/// Refuses a caller who may not write or probe settings, before the transport reads the request:
+/// a caller without the role learns nothing about what it sent (PERMISSION_DENIED comes before
+/// INVALID_ARGUMENT).
+pub fn authorize_write(principal: &Principal, action: &str) -> Result<(), ServiceError> {
+    writer_account(principal, action).map(drop)
+}
+
 fn not_found(domain: &DomainName) -> ServiceError {
     ServiceError::not_found(
         "DOMAIN_SETTINGS_NOT_FOUND",
@@ -301,6 +308,13 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsService<S, P> {
             return Err(probe_refused(ProbeRefused::Busy));
         }
         if let Some(existing) = self.store.get(account_id, domain.clone()).await? {
+            // A concurrent call with this request id may have created it since the lookup
+            // above: that caller's answer, not ALREADY_EXISTS (races::one_request_id_*).
+            if let Some(id) = request_id
+                && let Some(first) = self.store.find_request(account_id, id).await?
+            {
+                return replay(first, &domain);
+            }
             return Err(already_exists(&domain, existing.settings.kind()));
         }
         let reports = self.probe_or_refuse(account_id, &settings, context).await?;
