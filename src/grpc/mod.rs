@@ -4,6 +4,7 @@
 mod allowlist;
 pub mod auth;
 mod channel;
+mod codec;
 mod directory;
 mod domain_settings;
 pub mod drain;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod observe;
 pub mod policy;
 pub mod probe_report;
+mod redact;
 pub mod server;
 pub mod status;
 mod timestamp;

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod dispatcher;
 pub mod domain_settings;
 mod error;
+pub mod identity;
 pub mod inbox_connections;
 pub mod key_rotation;
 pub mod monitor;
@@ -16,5 +17,5 @@ pub mod pagination;
 pub mod probing;
 mod store;
 
-pub use error::ServiceError;
+pub use error::{CONCURRENT_TRANSACTION, ServiceError};
 pub use store::StoreError;

@@ -29,6 +29,12 @@ pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// The credential key of every test server (replicas of one database share it).
 pub const TEST_ENCRYPTION_KEYS: &str = "test1:bWFpbGNvbm5lY3QtdGVzdC1rZXktMDEyMzQ1Njc4OSE=";
 
+/// Whether the long parts run (`scripts/test --long`, which CI passes, sets
+/// `MAILCONNECT_TEST_LONG=1`): more cycles, more cases, the same assertions.
+pub fn long_tests() -> bool {
+    std::env::var_os("MAILCONNECT_TEST_LONG").is_some_and(|value| value == "1")
+}
+
 /// The Postgres server the tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("MAILCONNECT_TEST_POSTGRES_URL")
@@ -134,6 +140,8 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             data_dir,
             jwt_secret: Some(Secret::new(TEST_SECRET.to_owned())),
             jwt_public_keys: vec![],
+            jwt_issuer: None,
+            jwt_audience: None,
         },
         database: DatabaseSettings {
             database_url: Some(Secret::new(database_url.to_owned())),
@@ -348,6 +356,56 @@ pub fn test_token(principal: &Principal) -> String {
         .expect("the test secret")
         .mint(principal, Duration::from_secs(600))
         .expect("mint token")
+}
+
+/// A platform token signed with another secret than the server's.
+pub fn forged_token() -> String {
+    TokenKeys::new(
+        Some(&Secret::new("another-secret-another-secret-00".into())),
+        &[],
+    )
+    .expect("another secret")
+    .mint(
+        &Principal {
+            subject: "platform".into(),
+            account_id: None,
+            user_id: None,
+            roles: vec![Role::Platform],
+        },
+        Duration::from_secs(60),
+    )
+    .expect("mint token")
+}
+
+/// An HS256 token of account 1's super admin, user 10, with the test secret, that expired an
+/// hour ago (well beyond the leeway).
+pub fn expired_token() -> String {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sub: &'static str,
+        account_id: i64,
+        user_id: i64,
+        roles: Vec<&'static str>,
+        iat: u64,
+        exp: u64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: "user:1:10",
+            account_id: 1,
+            user_id: 10,
+            roles: vec!["super_admin"],
+            iat: now - 7200,
+            exp: now - 3600,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A test token of a user of `account_id` with `roles`.

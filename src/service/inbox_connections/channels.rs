@@ -267,15 +267,15 @@ where
         etag: &str,
     ) -> Result<Connection, ServiceError> {
         let (id, expected) = name_and_version(name, etag)?;
+        let connection = self
+            .managed_connection(principal, id, "CustomizeForwardingAddress")
+            .await?;
         let local_part = parse_local_part("local_part", local_part).map_err(|violation| {
             ServiceError::InvalidValue {
                 reason: "INVALID_LOCAL_PART",
                 violations: vec![violation],
             }
         })?;
-        let connection = self
-            .managed_connection(principal, id, "CustomizeForwardingAddress")
-            .await?;
         let current = hosted_channel(&connection)?;
         if current.state == ChannelState::Live {
             return Err(locked(&connection));

@@ -248,13 +248,13 @@ where
         code: &str,
     ) -> Result<Connection, ServiceError> {
         let id = parse_connection_name("name", name)?;
+        let connection = self
+            .managed_connection(principal, id, "VerifyAddress")
+            .await?;
         let code = parse_code("code", code).map_err(|violation| ServiceError::InvalidValue {
             reason: "VERIFICATION_CODE_INVALID",
             violations: vec![violation],
         })?;
-        let connection = self
-            .managed_connection(principal, id, "VerifyAddress")
-            .await?;
         let (channel, custom) = custom_of(&connection)?;
         if custom.state == VerificationState::Verified {
             return Ok(connection);
