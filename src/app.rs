@@ -221,6 +221,11 @@ impl Application {
                     interval: inbox_settings.connection_check_interval,
                 },
                 hosted: inbox_settings.hosted_domains(),
+                own_address: inbox_settings
+                    .notification_from
+                    .parse::<lettre::message::Mailbox>()
+                    .map(|from| from.email.to_string())
+                    .unwrap_or_default(),
                 mailer: self.relay.clone().map(|relay| {
                     Arc::new(RelayMailer {
                         domain: relay.from_domain(),

@@ -9,6 +9,7 @@ use super::directory::Tier;
 use super::domain_name::DomainName;
 use super::domain_settings::Choice;
 use super::email::EmailAddress;
+use super::inbound::Sender;
 use super::{FieldViolation, Violations};
 
 /// Which name contacts see on mail sent from the channel.
@@ -103,6 +104,19 @@ pub struct ChannelSettings {
     pub state: ChannelState,
     /// When mail last arrived through the channel.
     pub last_inbound_time: Option<SystemTime>,
+    /// The last message that arrived while the channel was in setup (rule 7 of the issue: Gmail
+    /// and Outlook confirm a forwarding address by mail before they forward anything).
+    pub last_forwarding_test: Option<ForwardingTest>,
+}
+
+/// A message kept from a channel's setup: who sent it, its subject and what confirms forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingTest {
+    pub sender: Sender,
+    pub subject: String,
+    /// A confirmation code or link; empty if none.
+    pub confirmation: String,
+    pub receive_time: SystemTime,
 }
 
 impl ChannelSettings {
@@ -116,6 +130,7 @@ impl ChannelSettings {
             forwarding_address: None,
             state: ChannelState::Live,
             last_inbound_time: None,
+            last_forwarding_test: None,
         }
     }
 

@@ -6,7 +6,10 @@ use crate::domain::channel::{
     VerificationState,
 };
 use crate::domain::connection::Connection;
+use crate::domain::connection::inbox_name;
 use crate::domain::domain_settings::Choice;
+use crate::domain::inbound::{AttributionRule, MessageKind, Sender};
+use crate::service::inbox_connections::Routed;
 use crate::service::inbox_connections::default_address;
 
 fn choice<P, T>(value: i32, map: impl Fn(P) -> Option<T>) -> Choice<T>
@@ -144,5 +147,72 @@ pub fn channel_to_proto(
             ChannelState::Live => proto::ChannelState::Live,
         }
         .into(),
+        last_forwarding_test: channel.last_forwarding_test.as_ref().map(|test| {
+            proto::ForwardingTest {
+                sender: Some(sender_to_proto(&test.sender)),
+                subject: test.subject.clone(),
+                confirmation: test.confirmation.clone(),
+                receive_time: Some(test.receive_time.into()),
+            }
+        }),
+        last_inbound_time: channel.last_inbound_time.map(Into::into),
+    }
+}
+
+pub fn sender_to_proto(sender: &Sender) -> proto::Sender {
+    proto::Sender {
+        email_address: sender.email_address.clone(),
+        display_name: sender.display_name.clone(),
+    }
+}
+
+fn rule_to_proto(rule: AttributionRule) -> proto::AttributionRule {
+    match rule {
+        AttributionRule::FromHeader => proto::AttributionRule::FromHeader,
+        AttributionRule::AutoForward => proto::AttributionRule::AutoForward,
+        AttributionRule::ListRewrite => proto::AttributionRule::ListRewrite,
+        AttributionRule::InlineForward => proto::AttributionRule::InlineForward,
+        AttributionRule::AttachedMessage => proto::AttributionRule::AttachedMessage,
+        AttributionRule::ForwarderFallback => proto::AttributionRule::ForwarderFallback,
+    }
+}
+
+fn kind_to_proto(kind: MessageKind) -> proto::InboundMessageKind {
+    match kind {
+        MessageKind::Conversation => proto::InboundMessageKind::Conversation,
+        MessageKind::Automatic => proto::InboundMessageKind::Automatic,
+        MessageKind::DeliveryReport => proto::InboundMessageKind::DeliveryReport,
+        MessageKind::Loop => proto::InboundMessageKind::Loop,
+    }
+}
+
+pub fn routed_to_proto(routed: Routed) -> proto::RouteInboundEmailResponse {
+    let Routed {
+        connection,
+        analysis,
+        assignment,
+        ticket,
+    } = routed;
+    let ticket = ticket.unwrap_or_default();
+    proto::RouteInboundEmailResponse {
+        connection: connection.name(),
+        inbox: connection.inbox_id.map(inbox_name).unwrap_or_default(),
+        account_id: connection.account_id,
+        original_sender: Some(sender_to_proto(&analysis.original_sender)),
+        attribution: rule_to_proto(analysis.rule).into(),
+        assignment: Some(proto::Assignment {
+            mode: mode_to_proto(assignment.mode).into(),
+            user_id: assignment.user_id.unwrap_or_default(),
+            user_ids: assignment.user_ids,
+            team_ids: assignment.team_ids,
+        }),
+        create_ticket: ticket.create_tickets,
+        ticket_properties: ticket.properties.into_iter().collect(),
+        message_id: analysis.message_id,
+        forwarded_by: analysis.forwarded_by.as_ref().map(sender_to_proto),
+        ticket_pipeline_id: ticket.pipeline_id,
+        ticket_stage_id: ticket.stage_id,
+        kind: kind_to_proto(analysis.kind).into(),
+        reply: analysis.reply,
     }
 }

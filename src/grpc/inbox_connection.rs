@@ -2,15 +2,14 @@
 
 use std::sync::Arc;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use super::auth::principal;
-use super::channel::{channel_input, channel_to_proto};
+use super::channel::{channel_input, channel_to_proto, routed_to_proto};
 use super::domain_settings::{exchange_to_proto, imap_to_proto, probe_context, server_input};
 use super::probe_report::report_to_proto;
 use super::proto;
 use super::proto::inbox_connection_service_server::InboxConnectionService as InboxConnectionRpc;
-use super::status::status;
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionServers, ConnectionState, DisconnectReason, Provider,
     ServerSource, Usage, inbox_name,
@@ -276,22 +275,6 @@ fn reports_to_proto(connected: &mut Connected) -> Vec<proto::ProbeReport> {
         .into_iter()
         .map(report_to_proto)
         .collect()
-}
-
-/// The hosted-channel methods arrive with their own work (seed 001).
-fn not_yet(method: &str) -> Status {
-    status(
-        Code::Unimplemented,
-        "NOT_IMPLEMENTED",
-        format!(
-            "mailconnect.v1.InboxConnectionService/{method} is not implemented yet: it arrives with hosted channels"
-        ),
-        [(
-            "method".to_owned(),
-            format!("mailconnect.v1.InboxConnectionService/{method}"),
-        )]
-        .into(),
-    )
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
@@ -709,9 +692,19 @@ where
 
     async fn route_inbound_email(
         &self,
-        _request: Request<proto::RouteInboundEmailRequest>,
+        request: Request<proto::RouteInboundEmailRequest>,
     ) -> Result<Response<proto::RouteInboundEmailResponse>, Status> {
-        Err(not_yet("RouteInboundEmail"))
+        let principal = principal(&request)?;
+        let request = request.get_ref();
+        let routed = self
+            .service
+            .route_inbound_email(
+                &principal,
+                &request.envelope_recipients,
+                &request.raw_message,
+            )
+            .await?;
+        Ok(Response::new(routed_to_proto(routed)))
     }
 
     async fn list_notifications(

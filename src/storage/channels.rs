@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{StoreError, from_micros, to_micros};
 use crate::domain::channel::{
-    ChannelSettings, ChannelState, CustomAddress, FromAddress, Routing, RoutingMode, SenderName,
-    SenderNameFormat, TicketRule, VerificationState,
+    ChannelSettings, ChannelState, CustomAddress, ForwardingTest, FromAddress, Routing,
+    RoutingMode, SenderName, SenderNameFormat, TicketRule, VerificationState,
 };
 use crate::domain::email::EmailAddress;
+use crate::domain::inbound::Sender;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct ChannelJson {
@@ -28,6 +29,17 @@ pub(super) struct ChannelJson {
     properties: BTreeMap<String, String>,
     state: String,
     last_inbound_time: Option<i64>,
+    #[serde(default)]
+    last_forwarding_test: Option<ForwardingTestJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ForwardingTestJson {
+    sender_address: String,
+    sender_name: String,
+    subject: String,
+    confirmation: String,
+    receive_time: i64,
 }
 
 /// Each enum's stored names, one list per enum so that both directions agree.
@@ -93,6 +105,15 @@ pub(super) fn encode(settings: &ChannelSettings) -> String {
         properties: settings.tickets.properties.clone(),
         state: name_of(STATES, settings.state),
         last_inbound_time: settings.last_inbound_time.map(to_micros),
+        last_forwarding_test: settings.last_forwarding_test.as_ref().map(|test| {
+            ForwardingTestJson {
+                sender_address: test.sender.email_address.clone(),
+                sender_name: test.sender.display_name.clone(),
+                subject: test.subject.clone(),
+                confirmation: test.confirmation.clone(),
+                receive_time: to_micros(test.receive_time),
+            }
+        }),
     };
     serde_json::to_string(&json).expect("channel settings always serialise")
 }
@@ -133,5 +154,14 @@ pub(super) fn decode(
         forwarding_address,
         state: value_of(STATES, &json.state)?,
         last_inbound_time: json.last_inbound_time.map(from_micros),
+        last_forwarding_test: json.last_forwarding_test.map(|test| ForwardingTest {
+            sender: Sender {
+                email_address: test.sender_address,
+                display_name: test.sender_name,
+            },
+            subject: test.subject,
+            confirmation: test.confirmation,
+            receive_time: from_micros(test.receive_time),
+        }),
     })
 }

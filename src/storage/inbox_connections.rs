@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::channels;
 use super::directory::{load_account, load_teams, load_user, load_users};
 use super::domain_settings::SettingsJson;
+use super::inbound;
 use super::notifications::write_notifications;
 use super::schema::{accounts, connection_credentials, connections, inbox_requests, inboxes};
 use super::verifications;
 use super::{Database, DbConnection, StoreError, exclusive, from_micros, to_micros};
-use crate::domain::channel::ChannelSettings;
+use crate::domain::channel::{ChannelSettings, ForwardingTest};
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionServers, ConnectionState, DisconnectReason, Health,
     Provider, ServerSource, Usage, address_key,
@@ -388,6 +389,7 @@ fn delete_row(
 ) -> Result<(), StoreError> {
     diesel::delete(connection_credentials::table.find(connection.id)).execute(conn)?;
     verifications::delete_code(conn, connection.id)?;
+    inbound::forget(conn, connection.id)?;
     diesel::delete(connections::table.find(connection.id)).execute(conn)?;
     if connection.kind == ConnectionKind::Team {
         write_notifications(conn, connection, Event::Deleted, actor_user_id, now)?;
@@ -965,6 +967,76 @@ impl InboxConnectionStore for Database {
                 let changed = load_connection(conn, start.account_id, start.connection_id)?
                     .ok_or_else(|| StoreError::Internal("connection vanished".into()))?;
                 Ok(CodeStartOutcome::Started(Box::new(changed)))
+            })
+        })
+        .await
+    }
+
+    async fn channel_by_forwarding_address(
+        &self,
+        address: String,
+    ) -> Result<Option<Connection>, StoreError> {
+        self.run(move |conn| {
+            connections::table
+                .filter(connections::forwarding_address.eq(address))
+                .select(ConnectionRow::as_select())
+                .first(conn)
+                .optional()?
+                .map(ConnectionRow::into_domain)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_addresses(&self, account_id: i64) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            Ok(load_users(conn, account_id)?
+                .into_iter()
+                .filter(|user| !user.deleted)
+                .map(|user| user.email.as_str().to_lowercase())
+                .collect())
+        })
+        .await
+    }
+
+    async fn record_inbound(
+        &self,
+        account_id: i64,
+        id: i64,
+        now: SystemTime,
+        test: Option<ForwardingTest>,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let Some(mut channel) =
+                    load_connection(conn, account_id, id)?.and_then(|found| found.channel)
+                else {
+                    return Ok(());
+                };
+                channel.last_inbound_time = Some(now);
+                if test.is_some() {
+                    channel.last_forwarding_test = test;
+                }
+                diesel::update(connections::table.find(id))
+                    .set(connections::channel_settings.eq(channels::encode(&channel)))
+                    .execute(conn)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn round_robin_pick(
+        &self,
+        connection_id: i64,
+        message_id: String,
+        members: Vec<i64>,
+        now: SystemTime,
+        keep_since: SystemTime,
+    ) -> Result<Option<i64>, StoreError> {
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                inbound::pick(conn, connection_id, &message_id, &members, now, keep_since)
             })
         })
         .await

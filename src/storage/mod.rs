@@ -8,6 +8,7 @@ mod cache;
 mod channels;
 pub mod directory;
 pub mod domain_settings;
+mod inbound;
 pub mod inbox_connections;
 mod notifications;
 mod pool;

@@ -225,6 +225,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    round_robin_positions (connection_id) {
+        connection_id -> BigInt,
+        position -> BigInt,
+    }
+}
+
+diesel::table! {
+    round_robin_picks (connection_id, message_id) {
+        connection_id -> BigInt,
+        message_id -> Text,
+        user_id -> BigInt,
+        pick_time -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     allowlist_data_centers,
     allowlist_ranges,
@@ -244,4 +260,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     notifications,
     address_verifications,
     verification_sends,
+    round_robin_positions,
+    round_robin_picks,
 );

@@ -18,6 +18,7 @@ mod hardening;
 mod harness;
 mod hosted_channels;
 mod identity;
+mod inbound_routing;
 mod inbox_world;
 mod inboxes;
 mod mail_servers;

@@ -156,14 +156,6 @@ fn account(id: i64) -> Account {
     }
 }
 
-/// The methods of hosted channels, built by another change, and what they answer on this
-/// branch until it lands. Their rows say what the proto promises; a row of theirs that does not
-/// hold must give this interim code. Remove a method from here once it is served.
-const HOSTED_PENDING: &[(&str, Code)] = &[(
-    "/mailconnect.v1.InboxConnectionService/RouteInboundEmail",
-    Code::Unimplemented,
-)];
-
 pub fn table() -> Vec<Row> {
     use Access::*;
     vec![
@@ -672,8 +664,7 @@ async fn every_method_answers_every_caller_as_its_proto_says(backend: Backend) {
             .await;
             let expected = row.expected(caller);
             cases += 1;
-            let pending = HOSTED_PENDING.contains(&(row.method, code));
-            if code != expected && !pending {
+            if code != expected {
                 failures.push(format!(
                     "{} as {caller:?}: {code:?}, expected {expected:?}",
                     row.method

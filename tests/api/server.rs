@@ -1,4 +1,4 @@
-//! The server's own behaviour: health, readiness, unimplemented methods, migrations.
+//! The server's own behaviour: health, readiness, migrations.
 
 use std::collections::BTreeSet;
 
@@ -20,32 +20,7 @@ async fn health_is_serving_overall_and_per_service(backend: Backend) {
     app.stop().await;
 }
 
-/// The hosted-channel methods of the contract, not built yet, say so and name themselves.
-async fn methods_not_built_yet_name_themselves(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let token = app.user_token(1, 1, &[]);
-    for path in ["/mailconnect.v1.InboxConnectionService/RouteInboundEmail"] {
-        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
-        grpc.ready().await.unwrap();
-        let status = grpc
-            .unary::<(), (), _>(
-                authed(&token, ()),
-                http::uri::PathAndQuery::from_static(path),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .unwrap_err();
-        let metadata = assert_error(&status, Code::Unimplemented, "NOT_IMPLEMENTED");
-        let method = path.trim_start_matches('/');
-        assert_eq!(metadata["method"], method);
-        assert!(status.message().contains(method), "{}", status.message());
-    }
-}
-
-backend_tests!(
-    health_is_serving_overall_and_per_service,
-    methods_not_built_yet_name_themselves
-);
+backend_tests!(health_is_serving_overall_and_per_service);
 
 /// Until the database answers, health is NOT_SERVING and calls get UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

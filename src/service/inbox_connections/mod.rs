@@ -6,6 +6,7 @@ mod channels;
 mod connect;
 mod inboxes;
 mod manage;
+mod route;
 pub mod store;
 mod verify;
 
@@ -30,6 +31,7 @@ use store::{InboxConnectionStore, StoredRequest};
 pub use channels::{SenderPreview, default_address};
 pub use connect::{ConnectRequest, Connected, ServersInput};
 pub use manage::ListFilter;
+pub use route::{Assignment, Routed};
 pub use store::{ConnectionFilter, TimeKey};
 pub use verify::{CodeMailer, RelayMailer, VERIFICATION_ID_PREFIX, VerificationStarted};
 
@@ -94,6 +96,9 @@ pub struct InboxConnectionService<S, P, O, R> {
     hosted: HostedDomains,
     /// The relay verification codes go through; `None` without one.
     mailer: Option<Arc<dyn CodeMailer>>,
+    /// The From address of the service's own mail (lower-case), which the router refuses to
+    /// route back as a conversation.
+    own_address: String,
 }
 
 /// The knobs of the service, from configuration.
@@ -103,6 +108,7 @@ pub struct Options {
     pub schedule: CheckSchedule,
     pub hosted: HostedDomains,
     pub mailer: Option<Arc<dyn CodeMailer>>,
+    pub own_address: String,
 }
 
 const ADMINS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
@@ -272,6 +278,7 @@ where
             schedule: options.schedule,
             hosted: options.hosted,
             mailer: options.mailer,
+            own_address: options.own_address.to_lowercase(),
         }
     }
 

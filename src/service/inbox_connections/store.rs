@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::SystemTime;
 
-use crate::domain::channel::ChannelSettings;
+use crate::domain::channel::{ChannelSettings, ForwardingTest};
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionState, DisconnectReason, Health, Usage,
 };
@@ -301,6 +301,37 @@ pub trait InboxConnectionStore: Send + Sync + 'static {
         now: SystemTime,
         max_attempts: i32,
     ) -> impl Future<Output = Result<AttemptOutcome, StoreError>> + Send;
+
+    /// The hosted channel whose forwarding address is `address` (lower-case), in any account.
+    fn channel_by_forwarding_address(
+        &self,
+        address: String,
+    ) -> impl Future<Output = Result<Option<Connection>, StoreError>> + Send;
+    /// The login addresses (lower-cased) of the account's users who are not deleted.
+    fn user_addresses(
+        &self,
+        account_id: i64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Notes that mail arrived through the channel at `now` (and, in setup, keeps `test`),
+    /// without a new etag: arrivals are not changes of the settings.
+    fn record_inbound(
+        &self,
+        account_id: i64,
+        id: i64,
+        now: SystemTime,
+        test: Option<ForwardingTest>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The round-robin user of a message: the one an earlier delivery of `message_id` got, or
+    /// the next of `members` (the rotation advances); `None` without members. Picks older than
+    /// `keep_since` are forgotten.
+    fn round_robin_pick(
+        &self,
+        connection_id: i64,
+        message_id: String,
+        members: Vec<i64>,
+        now: SystemTime,
+        keep_since: SystemTime,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
     /// The user's notifications, newest first, before the id `before`, at most `limit`.
     fn list_notifications(

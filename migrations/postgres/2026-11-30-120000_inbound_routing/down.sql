@@ -1,0 +1,2 @@
+DROP TABLE round_robin_picks;
+DROP TABLE round_robin_positions;
