@@ -1,0 +1,64 @@
+//! The inbound router's parser in process: attributing a 20 KiB message the team forwarded by
+//! hand (Gmail style, the original in the body) and one a Google Group rewrote, per message.
+//! `cargo bench --bench inbound`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mailconnect::domain::inbound::{AttributionRule, Context, analyze};
+
+/// A manual forward by a user of the account, about 20 KiB, quoted-printable HTML beside text.
+fn forwarded_message() -> Vec<u8> {
+    let paragraph = "Hello, my order 4711 has not arrived yet and the tracking page shows no movement since last week. Could you check with the carrier? Thanks, Ana.\r\n";
+    let text = paragraph.repeat(60);
+    let html = format!(
+        "<p>{}</p>",
+        paragraph.repeat(60).replace("\r\n", "</p>\r\n<p>")
+    );
+    let message = format!(
+        "From: Ada <ada@acme.example>\r\nTo: support-7f3k9q@acme.hosted.example\r\nSubject: Fwd: Order 4711\r\nMessage-ID: <fwd-1@acme.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee below.\r\n\r\n---------- Forwarded message ---------\r\nFrom: Ana Cliente <ana@customer.example>\r\nDate: Mon, 30 Nov 2026 08:00:00 +0000\r\nSubject: Order 4711\r\nTo: <ada@acme.example>\r\n\r\n{text}\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--b--\r\n"
+    );
+    message.into_bytes()
+}
+
+fn group_message() -> Vec<u8> {
+    format!(
+        "From: 'Ana Cliente' via Support <support@acme.example>\r\nX-Original-From: Ana Cliente <ana@customer.example>\r\nReply-To: ana@customer.example\r\nList-Id: <support.acme.example>\r\nPrecedence: list\r\nSubject: Help\r\nMessage-ID: <g-1@customer.example>\r\n\r\n{}",
+        "Where is my order?\r\n".repeat(1000)
+    )
+    .into_bytes()
+}
+
+fn parser(c: &mut Criterion) {
+    let users = vec!["ada@acme.example".to_owned()];
+    let context = Context {
+        team_address: "support@acme.example",
+        user_addresses: &users,
+        own_id_prefixes: &["notification-", "verification-"],
+        own_domain: "mailconnect.invalid",
+        own_address: "noreply@mailconnect.invalid",
+    };
+    let mut group = c.benchmark_group("route_inbound_parser");
+    for (name, raw, rule) in [
+        (
+            "inline_forward_20k",
+            forwarded_message(),
+            AttributionRule::InlineForward,
+        ),
+        (
+            "list_rewrite_20k",
+            group_message(),
+            AttributionRule::ListRewrite,
+        ),
+    ] {
+        assert_eq!(analyze(&raw, &context).unwrap().rule, rule, "{name}");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(name, |b| {
+            b.iter(|| analyze(black_box(&raw), &context).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parser);
+criterion_main!(benches);
