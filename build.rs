@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Messages that carry passwords or tokens: src/grpc/redact.rs writes their Debug, so
         // that a request logged whole (or a panic message) never shows them.
         .skip_debug(SECRET_MESSAGES)
+        // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::MessageCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

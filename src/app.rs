@@ -18,7 +18,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::Settings;
 use crate::domain::connection::FailurePolicy;
 use crate::domain::sealing::Keyring;
-use crate::grpc::auth::AuthInterceptor;
+use crate::grpc::auth::{AuthInterceptor, FollowDirectory};
 use crate::grpc::drain::DrainWatches;
 use crate::grpc::gate::{Gate, Readiness};
 use crate::grpc::health_port;
@@ -43,6 +43,7 @@ use crate::service::clock::{Clock, SystemClock};
 use crate::service::directory::DirectoryService;
 use crate::service::dispatcher::{Dispatcher, run_every};
 use crate::service::domain_settings::DomainSettingsService;
+use crate::service::identity::Identities;
 use crate::service::inbox_connections::{CheckSchedule, InboxConnectionService, Options};
 use crate::service::monitor::{Monitor, MonitorOptions};
 use crate::storage::Database;
@@ -177,9 +178,14 @@ impl Application {
 
         let auth = AuthInterceptor::new(self.keys.clone());
         let default_data_center = self.settings.default_data_center()?;
+        let identities = Arc::new(Identities::new(
+            self.database.clone(),
+            Arc::clone(&self.clock),
+        ));
         let directory = DirectoryApi::new(Arc::new(DirectoryService::new(
             self.database.clone(),
             default_data_center.clone(),
+            Arc::clone(&identities),
         )));
         let allowlist_service = Arc::new(AllowlistService::new(
             self.database.clone(),
@@ -243,14 +249,18 @@ impl Application {
             .health_listener
             .map(|listener| health_port::spawn(listener, health_service.clone()));
         let limits = &self.settings.server;
-        // Every mailconnect.v1 service: the message size limits, behind the bearer-token check.
-        // (The limits are methods of each generated server, not of a trait, hence a macro.)
+        // Every mailconnect.v1 service: the message size limits, behind the bearer-token check
+        // and the directory's say on that token. (The limits are methods of each generated
+        // server, not of a trait, hence a macro.)
         macro_rules! guarded {
             ($server:ident, $api:expr) => {
                 InterceptedService::new(
-                    $server::new($api)
-                        .max_decoding_message_size(limits.max_recv_message_size)
-                        .max_encoding_message_size(limits.max_send_message_size),
+                    FollowDirectory::new(
+                        $server::new($api)
+                            .max_decoding_message_size(limits.max_recv_message_size)
+                            .max_encoding_message_size(limits.max_send_message_size),
+                        Arc::clone(&identities),
+                    ),
                     auth.clone(),
                 )
             };

@@ -1,9 +1,13 @@
 //! The embedded default's first run: an empty directory gets the account and the user of the
 //! printed development token, so that every command `scripts/run` prints works as shown.
 
+use std::sync::Arc;
+
 use crate::domain::directory::{AccountInput, DataCenterId, Tier, UserInput, UserRole};
 use crate::domain::principal::{Principal, Role};
+use crate::service::clock::SystemClock;
 use crate::service::directory::{DirectoryService, DirectoryStore};
+use crate::service::identity::Identities;
 use crate::storage::Database;
 
 /// The account and user of the development token.
@@ -21,7 +25,9 @@ pub async fn seed_directory(
     if database.get_account(DEV_ACCOUNT).await?.is_some() {
         return Ok(false);
     }
-    let directory = DirectoryService::new(database.clone(), data_center);
+    // A one-off process: nobody's calls here follow what the seed writes.
+    let identities = Identities::new(database.clone(), Arc::new(SystemClock));
+    let directory = DirectoryService::new(database.clone(), data_center, Arc::new(identities));
     let platform = Principal {
         subject: "dev:seed".to_owned(),
         account_id: None,

@@ -19,7 +19,7 @@ use crate::domain::secret::Secret;
 use crate::service::ServiceError;
 use crate::service::domain_settings::{
     BuiltinAccess, DomainSettingsService, DomainSettingsStore, Resolution, SettingsRequest,
-    UpdateRequest,
+    UpdateRequest, authorize_write,
 };
 use crate::service::pagination::PageRequest;
 use crate::service::probing::Prober;
@@ -217,6 +217,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         request: Request<proto::CreateDomainSettingsRequest>,
     ) -> Result<Response<proto::CreateDomainSettingsResponse>, Status> {
         let principal = principal(&request)?;
+        authorize_write(&principal, "CreateDomainSettings")?;
         let context = probe_context(&request);
         let request = request.into_inner();
         let settings = required_settings(request.domain_settings)?;
@@ -255,6 +256,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         request: Request<proto::UpdateDomainSettingsRequest>,
     ) -> Result<Response<proto::UpdateDomainSettingsResponse>, Status> {
         let principal = principal(&request)?;
+        authorize_write(&principal, "UpdateDomainSettings")?;
         let context = probe_context(&request);
         let request = request.into_inner();
         let settings = required_settings(request.domain_settings)?;
@@ -400,6 +402,7 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         request: Request<proto::ProbeDomainSettingsRequest>,
     ) -> Result<Response<proto::ProbeDomainSettingsResponse>, Status> {
         let principal = principal(&request)?;
+        authorize_write(&principal, "ProbeDomainSettings")?;
         let context = probe_context(&request);
         let request = request.into_inner();
         let settings = required_settings(request.domain_settings)?;

@@ -3,6 +3,7 @@
 
 mod allowlist;
 pub mod auth;
+mod codec;
 mod directory;
 mod domain_settings;
 pub mod drain;

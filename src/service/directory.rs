@@ -1,6 +1,7 @@
 //! The directory use cases: the platform writes accounts, users and teams; users read their own.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::domain::Violations;
 use crate::domain::directory::{
@@ -11,6 +12,7 @@ use crate::domain::violation::positive_id;
 use crate::service::StoreError;
 
 use super::ServiceError;
+use super::identity::Identities;
 use super::pagination::{Page, PageRequest, bad_token, paginate};
 
 /// Where the directory is kept.
@@ -62,6 +64,8 @@ pub trait DirectoryStore: Send + Sync + 'static {
 pub struct DirectoryService<S> {
     store: S,
     default_data_center: DataCenterId,
+    /// Told about each user this replica writes, so that its callers' rights follow at once.
+    identities: Arc<Identities<S>>,
 }
 
 fn account_not_found(account_id: i64) -> ServiceError {
@@ -103,10 +107,15 @@ fn id_page(request: &PageRequest<'_>, filter: &str) -> Result<(i64, usize), Serv
 }
 
 impl<S: DirectoryStore> DirectoryService<S> {
-    pub fn new(store: S, default_data_center: DataCenterId) -> Self {
+    pub fn new(
+        store: S,
+        default_data_center: DataCenterId,
+        identities: Arc<Identities<S>>,
+    ) -> Self {
         Self {
             store,
             default_data_center,
+            identities,
         }
     }
 
@@ -139,11 +148,13 @@ impl<S: DirectoryStore> DirectoryService<S> {
     ) -> Result<User, ServiceError> {
         require_platform(principal, "UpsertUser")?;
         let user = input.parse("user")?;
-        let account_id = user.account_id;
-        match self.store.upsert_user(user).await {
+        let (account_id, user_id) = (user.account_id, user.id);
+        let written = match self.store.upsert_user(user).await {
             Err(StoreError::MissingReference(_)) => Err(account_not_found(account_id)),
             other => Ok(other?),
-        }
+        };
+        self.identities.forget(account_id, user_id);
+        written
     }
 
     pub async fn delete_user(
@@ -154,10 +165,9 @@ impl<S: DirectoryStore> DirectoryService<S> {
     ) -> Result<User, ServiceError> {
         require_platform(principal, "DeleteUser")?;
         let (account_id, user_id) = user_key(account_id, user_id)?;
-        self.store
-            .mark_user_deleted(account_id, user_id)
-            .await?
-            .ok_or_else(|| user_not_found(account_id, user_id))
+        let deleted = self.store.mark_user_deleted(account_id, user_id).await;
+        self.identities.forget(account_id, user_id);
+        deleted?.ok_or_else(|| user_not_found(account_id, user_id))
     }
 
     pub async fn get_user(

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod dispatcher;
 pub mod domain_settings;
 mod error;
+pub mod identity;
 pub mod inbox_connections;
 pub mod key_rotation;
 pub mod monitor;

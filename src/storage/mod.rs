@@ -12,6 +12,8 @@ mod notifications;
 mod pool;
 pub mod schema;
 mod url;
+#[cfg(test)]
+mod use_case_tests;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
@@ -65,17 +67,27 @@ impl From<DieselError> for StoreError {
 
 pub use crate::domain::time::{from_micros, to_micros};
 
-/// Runs `work` in a transaction that holds the write lock from its start: on SQLite a
-/// deferred transaction that read first cannot take the lock while another writer holds it
-/// ("database is locked" at once, whatever the busy timeout), so concurrent read-then-write
-/// transactions must begin IMMEDIATE to queue instead. Postgres needs no such thing.
+/// The Postgres advisory lock that [`exclusive`] transactions take turns on ("mailconnect").
+const EXCLUSIVE_LOCK: i64 = 0x6d61_696c_7772_6974; // "mailwrit"; migrations hold "mailconn"
+
+/// Runs `work` in a transaction that holds the write lock from its start, so that read-then-write
+/// transactions (check an etag, then write) take turns and none acts on what another is changing.
+/// On SQLite a deferred transaction that read first cannot take the lock while another writer
+/// holds it ("database is locked" at once, whatever the busy timeout), so it begins IMMEDIATE to
+/// queue instead. On Postgres, READ COMMITTED lets two such transactions read the same version
+/// and both write (a lost update, found by `races::inbox_renames_on_one_etag_have_one_winner`):
+/// they queue on one transaction-scoped advisory lock, across every replica.
 pub(crate) fn exclusive<T>(
     conn: &mut DbConnection,
     work: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     use diesel::{Connection as _, RunQueryDsl as _};
     if matches!(conn, DbConnection::Pg(_)) {
-        return conn.transaction(work);
+        return conn.transaction(|conn| {
+            diesel::sql_query(format!("SELECT pg_advisory_xact_lock({EXCLUSIVE_LOCK})"))
+                .execute(conn)?;
+            work(conn)
+        });
     }
     diesel::sql_query("BEGIN IMMEDIATE").execute(conn)?;
     match work(conn) {

@@ -10,7 +10,9 @@ use mailconnect::grpc::proto::{
 use tonic::Code;
 
 use crate::backend_tests;
-use crate::harness::{Backend, TestApp, assert_error, authed, spawn_app, violated_fields};
+use crate::harness::{
+    Backend, TestApp, assert_error, authed, expired_token, forged_token, spawn_app, violated_fields,
+};
 
 fn account(id: i64) -> Account {
     Account {
@@ -289,24 +291,7 @@ async fn tokens_are_required_and_checked(backend: Backend) {
     assert_error(&status, Code::Unauthenticated, "MALFORMED_AUTHORIZATION");
 
     // Signed with another secret.
-    let other = mailconnect::tokens::TokenKeys::new(
-        Some(&mailconnect::domain::secret::Secret::new(
-            "another-secret-another-secret-00".into(),
-        )),
-        &[],
-    )
-    .unwrap();
-    let forged = other
-        .mint(
-            &mailconnect::domain::principal::Principal {
-                subject: "platform".into(),
-                account_id: None,
-                user_id: None,
-                roles: vec![Role::Platform],
-            },
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+    let forged = forged_token();
     let status = client
         .upsert_account(authed(
             &forged,
@@ -325,34 +310,6 @@ async fn tokens_are_required_and_checked(backend: Backend) {
         .await
         .unwrap_err();
     assert_error(&status, Code::Unauthenticated, "TOKEN_EXPIRED");
-}
-
-/// An HS256 token with the test secret that expired an hour ago.
-fn expired_token() -> String {
-    #[derive(serde::Serialize)]
-    struct Claims {
-        sub: &'static str,
-        account_id: i64,
-        roles: Vec<&'static str>,
-        iat: u64,
-        exp: u64,
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims {
-            sub: "user:1:1",
-            account_id: 1,
-            roles: vec![],
-            iat: now - 7200,
-            exp: now - 3600,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(crate::harness::TEST_SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 async fn bad_input_names_the_field(backend: Backend) {

@@ -358,6 +358,56 @@ pub fn test_token(principal: &Principal) -> String {
         .expect("mint token")
 }
 
+/// A platform token signed with another secret than the server's.
+pub fn forged_token() -> String {
+    TokenKeys::new(
+        Some(&Secret::new("another-secret-another-secret-00".into())),
+        &[],
+    )
+    .expect("another secret")
+    .mint(
+        &Principal {
+            subject: "platform".into(),
+            account_id: None,
+            user_id: None,
+            roles: vec![Role::Platform],
+        },
+        Duration::from_secs(60),
+    )
+    .expect("mint token")
+}
+
+/// An HS256 token of account 1's super admin, user 10, with the test secret, that expired an
+/// hour ago (well beyond the leeway).
+pub fn expired_token() -> String {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sub: &'static str,
+        account_id: i64,
+        user_id: i64,
+        roles: Vec<&'static str>,
+        iat: u64,
+        exp: u64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub: "user:1:10",
+            account_id: 1,
+            user_id: 10,
+            roles: vec!["super_admin"],
+            iat: now - 7200,
+            exp: now - 3600,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A test token of a user of `account_id` with `roles`.
 pub fn user_token(account_id: i64, user_id: i64, roles: &[Role]) -> String {
     test_token(&Principal {

@@ -110,6 +110,12 @@ impl ServerProcess {
         assert!(status.success());
     }
 
+    /// Kills the process at once (`kill -9`) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit; the bound only turns a hang into a failure.
     pub async fn wait(&mut self, bound: Duration) -> ExitStatus {
         let deadline = std::time::Instant::now() + bound;
