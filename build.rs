@@ -3,6 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+/// The generated messages with a secret field; each needs its hand-written Debug.
+const SECRET_MESSAGES: [&str; 2] = [
+    ".mailconnect.v1.PasswordCredentials",
+    ".mailconnect.v1.OAuthGrant",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new("proto");
     let mut files = Vec::new();
@@ -18,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Messages that carry passwords or tokens: src/grpc/redact.rs writes their Debug, so
+        // that a request logged whole (or a panic message) never shows them.
+        .skip_debug(SECRET_MESSAGES)
         // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL (src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::MessageCodec")
         .compile_fds(descriptors)?;

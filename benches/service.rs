@@ -28,11 +28,12 @@ use mailconnect::domain::principal::{Principal, Role};
 use mailconnect::domain::secret::Secret;
 use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
 use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
+use mailconnect::grpc::proto::inbox_connection_service_client::InboxConnectionServiceClient;
 use mailconnect::grpc::proto::{
     CheckAddressRequest, CreateDomainSettingsRequest, DomainSettings, GetAllowlistRequest,
-    GetDomainSettingsRequest, ImapSettings, ListDomainSettingsRequest, Protocol,
-    PublishRangesRequest, ResolveConnectionSettingsRequest, Security, ServerAddress,
-    domain_settings::Settings,
+    GetConnectionRequest, GetDomainSettingsRequest, ImapSettings, ListConnectionsRequest,
+    ListDomainSettingsRequest, Protocol, PublishRangesRequest, ResolveConnectionSettingsRequest,
+    Security, ServerAddress, domain_settings::Settings,
 };
 use mailconnect::tokens::TokenKeys;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -43,6 +44,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
+#[path = "support/monitor.rs"]
+mod monitor;
 #[path = "support/ranges.rs"]
 mod ranges;
 
@@ -57,6 +60,11 @@ const ACCOUNTS: i64 = 1_000;
 const LARGE_ACCOUNTS: i64 = 100;
 const PRESETS_LARGE: i64 = 64;
 const PRESETS_SMALL: i64 = 4;
+/// Accounts 1..=100 also have 2 inboxes and 64 ACTIVE IMAP connections, every one visible to the
+/// account's user (a full ListConnections page): half team channels of the inboxes, half the
+/// user's personal addresses.
+const INBOXES: i64 = 2;
+const INBOX_CONNECTIONS: i64 = 64;
 const CONNECTIONS: usize = 4;
 const STREAMS: [usize; 4] = [1, 16, 64, 256];
 const MAX_CALLS: u64 = 1_000_000;
@@ -95,11 +103,13 @@ enum Workload {
     ListDomainSettings,
     CheckAddress,
     GetAllowlist,
+    GetConnection,
+    ListConnections,
     CreateWithProbe,
 }
 
 impl Workload {
-    const ALL: [Workload; 9] = [
+    const ALL: [Workload; 11] = [
         Workload::HealthCheck,
         Workload::ResolvePreset,
         Workload::ResolveBuiltin,
@@ -108,6 +118,8 @@ impl Workload {
         Workload::ListDomainSettings,
         Workload::CheckAddress,
         Workload::GetAllowlist,
+        Workload::GetConnection,
+        Workload::ListConnections,
         Workload::CreateWithProbe,
     ];
 
@@ -121,6 +133,8 @@ impl Workload {
             Workload::ListDomainSettings => "ListDomainSettings (page of 50)",
             Workload::CheckAddress => "CheckAddress (100k extra ranges)",
             Workload::GetAllowlist => "GetAllowlist",
+            Workload::GetConnection => "GetConnection",
+            Workload::ListConnections => "ListConnections (page of 50)",
             Workload::CreateWithProbe => "CreateDomainSettings + probe (Dovecot, aiosmtpd)",
         }
     }
@@ -136,6 +150,8 @@ impl Workload {
             Workload::ListDomainSettings => "list",
             Workload::CheckAddress => "check-address",
             Workload::GetAllowlist => "get-allowlist",
+            Workload::GetConnection => "get-connection",
+            Workload::ListConnections => "list-connections",
             Workload::CreateWithProbe => "create-probe",
         }
     }
@@ -146,7 +162,7 @@ struct Context {
     users: Vec<MetadataValue<Ascii>>,
     admins: Vec<MetadataValue<Ascii>>,
     probe_addresses: Vec<String>,
-    mail_ports: Option<(u16, u16)>,
+    mail_ports: (u16, u16),
     /// Makes every created domain new, across measurements.
     created: AtomicU64,
 }
@@ -248,8 +264,41 @@ impl Context {
                     .get_allowlist(self.user(account, GetAllowlistRequest::default()))
                     .await?;
             }
+            Workload::GetConnection => {
+                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let name = format!(
+                    "connections/{}",
+                    connection_id(account, (seq / 7) as i64 % INBOX_CONNECTIONS)
+                );
+                let connection = InboxConnectionServiceClient::new(channel)
+                    .get_connection(self.user(account, GetConnectionRequest { name: name.clone() }))
+                    .await?
+                    .into_inner()
+                    .connection;
+                if connection.is_none_or(|connection| connection.name != name) {
+                    return Err(Status::data_loss("the connection asked for was expected"));
+                }
+            }
+            Workload::ListConnections => {
+                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let page = InboxConnectionServiceClient::new(channel)
+                    .list_connections(self.user(
+                        account,
+                        ListConnectionsRequest {
+                            page_size: 50,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner();
+                if page.connections.len() != 50 || page.next_page_token.is_empty() {
+                    return Err(Status::data_loss(
+                        "a page of 50 and a next page were expected",
+                    ));
+                }
+            }
             Workload::CreateWithProbe => {
-                let (imaps, smtp) = self.mail_ports.expect("mail servers are running");
+                let (imaps, smtp) = self.mail_ports;
                 let n = self.created.fetch_add(1, Ordering::Relaxed);
                 let server = |port: u16, security: Security| ServerAddress {
                     host: "127.0.0.1".into(),
@@ -290,6 +339,16 @@ fn presets_of(account: i64) -> i64 {
 
 fn preset_domain(account: i64, n: i64) -> String {
     format!("mail{n:02}.acct{account}.example")
+}
+
+/// Connection `n` of `account` (ids are the service's choice; these do not collide).
+fn connection_id(account: i64, n: i64) -> i64 {
+    account * 1_000 + n
+}
+
+/// The user whose token calls for `account`.
+fn user_of(account: i64) -> i64 {
+    1000 + account
 }
 
 /// The latency of each call in microseconds, by the gRPC status it ended with.
@@ -471,18 +530,43 @@ impl Database {
         }
     }
 
-    /// Accounts and domain presets straight into the tables, in one transaction.
-    fn seed(&self) {
-        let sql = seed_sql();
+    /// Runs SQL straight on the database (the seeding).
+    fn execute(&self, sql: &str) {
+        self.connect().batch_execute(sql).unwrap();
+    }
+
+    fn connect(&self) -> BenchConnection {
         match self {
-            Database::Postgres { .. } => PgConnection::establish(&self.url())
-                .unwrap()
-                .batch_execute(&sql)
-                .unwrap(),
-            Database::Sqlite { path } => SqliteConnection::establish(path.to_str().unwrap())
-                .unwrap()
-                .batch_execute(&sql)
-                .unwrap(),
+            Database::Postgres { .. } => {
+                BenchConnection::Pg(PgConnection::establish(&self.url()).unwrap())
+            }
+            Database::Sqlite { path } => BenchConnection::Sqlite(
+                SqliteConnection::establish(path.to_str().unwrap()).unwrap(),
+            ),
+        }
+    }
+}
+
+/// A connection of the load client's own to the run's database.
+enum BenchConnection {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl BenchConnection {
+    fn batch_execute(&mut self, sql: &str) -> diesel::QueryResult<()> {
+        match self {
+            BenchConnection::Pg(conn) => conn.batch_execute(sql),
+            BenchConnection::Sqlite(conn) => conn.batch_execute(sql),
+        }
+    }
+
+    /// A byte string as an SQL literal of this backend.
+    fn blob_literal(&self, bytes: &[u8]) -> String {
+        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        match self {
+            BenchConnection::Pg(_) => format!("'\\x{hex}'"),
+            BenchConnection::Sqlite(_) => format!("X'{hex}'"),
         }
     }
 }
@@ -530,8 +614,9 @@ fn seed_sql() -> String {
             } else {
                 (
                     "imap",
-                    format!(
-                        r#"{{"kind":"imap","imap":{{"host":"imap.{domain}","port":993,"security":"implicit_tls"}},"smtp":{{"host":"smtp.{domain}","port":587,"security":"starttls"}},"allow_insecure_certificate":false}}"#
+                    imap_settings_json(
+                        (&format!("imap.{domain}"), 993),
+                        (&format!("smtp.{domain}"), 587),
                     ),
                 )
             };
@@ -548,8 +633,81 @@ fn seed_sql() -> String {
         )
         .unwrap();
     }
+    seed_inbox_connections(&mut sql, now);
     sql.push_str("COMMIT;\n");
     sql
+}
+
+/// The inboxes and connections of accounts 1..=100 in the stored form of
+/// src/storage/inbox_connections.rs. No credential rows: GetConnection and ListConnections never
+/// open them, and the next check is an hour away, so the server's monitor leaves them alone.
+fn seed_inbox_connections(sql: &mut String, now: i64) {
+    let next_check = now + 3_600_000_000;
+    let mut inboxes = Vec::new();
+    let mut connections = Vec::new();
+    for account in 1..=LARGE_ACCOUNTS {
+        for k in 0..INBOXES {
+            inboxes.push(format!(
+                "({}, {account}, 'Support {k}', 1, 7, {now}, {now})",
+                inbox_id(account, k)
+            ));
+        }
+        for n in 0..INBOX_CONNECTIONS {
+            let address = format!("box{n:02}@acct{account}.example");
+            let servers = imap_servers_json(
+                (&format!("imap.acct{account}.example"), 993),
+                (&format!("smtp.acct{account}.example"), 587),
+            );
+            let (kind, owner, inbox, usages) = if n % 2 == 0 {
+                let inbox = inbox_id(account, n / 2 % INBOXES);
+                ("team", 7, inbox.to_string(), "conversations")
+            } else {
+                let usages = "crm_email,meetings,calendar,sequences";
+                ("personal", user_of(account), "NULL".to_owned(), usages)
+            };
+            connections.push(format!(
+                "({}, {account}, '{address}', '{address}', '{kind}', 'imap', {owner}, {inbox}, 'active', TRUE, '{usages}', '{servers}', 1, {now}, {now}, {now}, {now}, {now}, {next_check})",
+                connection_id(account, n)
+            ));
+        }
+    }
+    writeln!(
+        sql,
+        "INSERT INTO inboxes (id, account_id, display_name, version, created_by_user_id, create_time, update_time) VALUES {};",
+        inboxes.join(",")
+    )
+    .unwrap();
+    for chunk in connections.chunks(500) {
+        writeln!(
+            sql,
+            "INSERT INTO connections (id, account_id, email_address, address_key, kind, provider, owner_user_id, inbox_id, state, holds_address, usages, servers, version, create_time, update_time, state_change_time, last_check_time, last_success_time, next_check_time) VALUES {};",
+            chunk.join(",")
+        )
+        .unwrap();
+    }
+}
+
+fn inbox_id(account: i64, k: i64) -> i64 {
+    account * 10 + k
+}
+
+/// A connection's `servers` column: IMAPS on `imap` and submission (STARTTLS) on `smtp`, as
+/// given in the request.
+fn imap_servers_json(imap: (&str, u16), smtp: (&str, u16)) -> String {
+    format!(
+        r#"{{"source":"request","settings":{}}}"#,
+        imap_settings_json(imap, smtp)
+    )
+}
+
+/// IMAPS + submission settings in the stored JSON form (src/storage/domain_settings.rs).
+fn imap_settings_json(
+    (imap_host, imap_port): (&str, u16),
+    (smtp_host, smtp_port): (&str, u16),
+) -> String {
+    format!(
+        r#"{{"kind":"imap","imap":{{"host":"{imap_host}","port":{imap_port},"security":"implicit_tls"}},"smtp":{{"host":"{smtp_host}","port":{smtp_port},"security":"starttls"}},"allow_insecure_certificate":false}}"#
+    )
 }
 
 fn free_port() -> u16 {
@@ -658,7 +816,7 @@ async fn start_server(
     binary: &Path,
     database_url: &str,
     dir: &Path,
-    mail_ports: Option<(u16, u16)>,
+    (imaps, smtp): (u16, u16),
     settings: &[(&str, String)],
 ) -> (Server, Duration) {
     let port = free_port();
@@ -671,9 +829,7 @@ async fn start_server(
         .env("MAILCONNECT_PROBE_RATE_PER_MINUTE", "1000000")
         .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("server.err")).unwrap());
-    if let Some((imaps, smtp)) = mail_ports {
-        command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
-    }
+    command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
     let started = Instant::now();
     let server = Server {
         child: command.spawn().expect("start mailconnect serve"),
@@ -1104,7 +1260,7 @@ async fn bench(placement: Placement) {
         format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
     ));
     let started = Instant::now();
-    database.seed();
+    database.execute(&seed_sql());
     facts.push((
         format!("seeding {ACCOUNTS} accounts and 10,000 presets by SQL"),
         format!("{:.0} ms", started.elapsed().as_secs_f64() * 1e3),
@@ -1112,10 +1268,7 @@ async fn bench(placement: Placement) {
 
     let dovecot = mail_servers::Dovecot::start();
     let smtp = mail_servers::Aiosmtpd::start(mail_servers::SmtpMode::StartTls);
-    let mail_ports = match (&dovecot, &smtp) {
-        (Some(dovecot), Some(smtp)) => Some((dovecot.imaps_port, smtp.port)),
-        _ => None,
-    };
+    let mail_ports = (dovecot.imaps_port, smtp.port);
 
     let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports, &[]).await;
     facts.push((
@@ -1132,7 +1285,7 @@ async fn bench(placement: Placement) {
     let platform = mint(&keys, None, None, vec![Role::Platform]);
     let context = Arc::new(Context {
         users: (1..=ACCOUNTS)
-            .map(|a| mint(&keys, Some(a), Some(1000 + a), vec![]))
+            .map(|a| mint(&keys, Some(a), Some(user_of(a)), vec![]))
             .collect(),
         admins: (1..=ACCOUNTS)
             .map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin]))
@@ -1170,10 +1323,6 @@ async fn bench(placement: Placement) {
     let mut measurements = Vec::new();
     for workload in Workload::ALL {
         if !selected(workload.key()) {
-            continue;
-        }
-        if workload == Workload::CreateWithProbe && mail_ports.is_none() {
-            facts.push(("skipped".to_owned(), "CreateDomainSettings + probe: Dovecot or aiosmtpd is missing (scripts/bench installs them)".to_owned()));
             continue;
         }
         for streams in STREAMS {
@@ -1302,10 +1451,22 @@ async fn bench(placement: Placement) {
         drop((first_channels, second_channels, first, second));
     }
 
+    let mut monitored = None;
+    if selected(monitor::KEY) {
+        let duration = std::env::var("MAILCONNECT_BENCH_MONITOR_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_secs_f64);
+        monitored = Some(monitor::run(&binary, &database, dir.path(), duration).await);
+    }
+
     let title = format!("{backend}{}", placement.describe());
     let mut table = render(&title, &facts, &measurements);
     if let Some(delays) = replicas {
         table.push_str(&render_propagation(&delays));
+    }
+    if let Some(section) = monitored {
+        table.push_str(&section);
     }
     for (capacity, phases) in &overloads {
         table.push_str(&render_overload(*capacity, phases));

@@ -155,7 +155,7 @@ impl Application {
             .await;
         let (stopping_tx, stopping) = watch::channel(false);
         let readiness = Readiness::default();
-        tokio::spawn(track_readiness(
+        let readiness_task = tokio::spawn(track_readiness(
             self.database.clone(),
             self.settings.migrate_on_start,
             reporter.clone(),
@@ -314,12 +314,14 @@ impl Application {
         for worker in workers {
             let _ = worker.await;
         }
-        if let Some(health_port) = health_port {
-            health_port.abort();
+        // Every task and thread ends before this returns, the database's last: a thread still
+        // inside libpq while `main` returns crashed the process in its exit handlers (issue 16).
+        let side_tasks = [Some(readiness_task), health_port, tls_watch];
+        for task in side_tasks.into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
-        if let Some(tls_watch) = tls_watch {
-            tls_watch.abort();
-        }
+        self.database.close().await;
         served
     }
 }

@@ -14,7 +14,7 @@ use crate::domain::sealing::Keyring;
 use crate::domain::secret::Secret;
 use crate::grpc::server::ServerSettings;
 use crate::storage::DatabaseUrl;
-use crate::tokens::TokenKeys;
+use crate::tokens::{Expected, TokenKeys};
 
 /// Where keys and the embedded database live, and which keys verify tokens. Shared by `serve`,
 /// `migrate` and `token`, so that a minted token verifies on the server next to it.
@@ -35,6 +35,14 @@ pub struct KeySettings {
     /// that verify tokens from the platform's identity provider.
     #[arg(long, env = "MAILCONNECT_JWT_PUBLIC_KEYS", value_delimiter = ',')]
     pub jwt_public_keys: Vec<PathBuf>,
+    /// Issuer (`iss`) every token must name, e.g. the identity provider's URL; minted tokens
+    /// carry it. Unset: not checked.
+    #[arg(long, env = "MAILCONNECT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Audience (`aud`) every token must include, e.g. `mailconnect`; minted tokens carry it.
+    /// Unset: not checked.
+    #[arg(long, env = "MAILCONNECT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 }
 
 /// Name of the development secret's file in the data directory.
@@ -60,7 +68,13 @@ impl KeySettings {
             (None, true) => Some(dev_secret(&self.data_dir)?),
             (None, false) => None,
         };
-        TokenKeys::new(secret.as_ref(), &public).map_err(anyhow::Error::msg)
+        let expected = Expected {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        };
+        Ok(TokenKeys::new(secret.as_ref(), &public)
+            .map_err(anyhow::Error::msg)?
+            .expecting(expected))
     }
 }
 
@@ -171,7 +185,7 @@ pub struct Settings {
     #[arg(long, env = "MAILCONNECT_DEFAULT_DATA_CENTER", default_value = "na1")]
     pub default_data_center: String,
     /// After SIGTERM/SIGINT, how long in-flight calls may take before connections are dropped.
-    #[arg(long, env = "MAILCONNECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// How often the attempt counts behind ListAttemptedDomains, kept in memory by
     /// ResolveConnectionSettings, are written to the database (also at once when many are
@@ -214,7 +228,7 @@ pub struct InboxSettings {
     pub connection_failure_threshold: i32,
     /// The shortest span from the first of those failures to the last before disconnecting, so
     /// that a short outage raises no alarm.
-    #[arg(long, env = "MAILCONNECT_CONNECTION_FAILURE_MIN_SPAN", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_CONNECTION_FAILURE_MIN_SPAN", default_value = "30m", value_parser = parse_duration)]
     pub connection_failure_min_span: Duration,
     /// Checks this process runs at once (they also share the probe's budgets).
     #[arg(long, env = "MAILCONNECT_CONNECTION_CHECK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -372,11 +386,25 @@ pub struct ProbeSettings {
     pub probe_ca_files: Vec<CaFile>,
 }
 
-/// A duration that is more than zero.
+/// The longest any duration setting may be: past it, adding it to a clock reading could
+/// overflow (a panic), and no setting of this service means anything that long.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A duration setting (`500ms`, `30s`, `5m`, `1h`): at most a year, so that an absurd value is a
+/// startup error and never an overflow later.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration > MAX_DURATION {
+        return Err("must be at most a year (366d)".to_owned());
+    }
+    Ok(duration)
+}
+
+/// A duration setting that is more than zero.
 pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(interval) if interval.is_zero() => Err("must be more than zero".to_owned()),
-        parsed => parsed.map_err(|error| error.to_string()),
+    match parse_duration(text)? {
+        interval if interval.is_zero() => Err("must be more than zero".to_owned()),
+        interval => Ok(interval),
     }
 }
 
@@ -522,7 +550,10 @@ fn apply_defaults(
         match value {
             Some((name, value)) => {
                 used.insert(name.clone());
-                arg.default_value(value.clone())
+                // `--help` prints defaults: a secret's (its environment value is hidden too)
+                // must not show.
+                let secret = arg.is_hide_env_values_set();
+                arg.default_value(value.clone()).hide_default_value(secret)
             }
             None => arg,
         }
@@ -540,6 +571,17 @@ mod tests {
         assert_eq!(parse_probe_timeout("1h"), Ok(Duration::from_secs(3600)));
         for absurd in ["0s", "61m", "18446744073709551615s", "x"] {
             assert!(parse_probe_timeout(absurd).is_err(), "{absurd}");
+        }
+    }
+
+    #[test]
+    fn durations_are_at_most_a_year() {
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
+        assert!(parse_interval("0s").is_err());
+        for absurd in ["367d", "18446744073709551615s", "x"] {
+            assert!(parse_duration(absurd).is_err(), "{absurd}");
+            assert!(parse_interval(absurd).is_err(), "{absurd}");
         }
     }
 

@@ -59,7 +59,7 @@ struct TokenArgs {
     #[arg(long = "role", value_enum, default_value = "user")]
     roles: Vec<TokenRole>,
     /// How long the token is valid, e.g. 1h, 30m, 7d.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = mailconnect::config::parse_duration)]
     ttl: Duration,
     #[command(flatten)]
     keys: KeySettings,

@@ -31,6 +31,12 @@ struct Claims {
     #[serde(default)]
     iat: u64,
     exp: u64,
+    /// Written when minting under a configured issuer and audience; jsonwebtoken checks them
+    /// on the way in (`aud` may be a string or a list there).
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    aud: Option<String>,
 }
 
 /// Why a token was refused. Deliberately coarse: the caller learns what to fix, an attacker
@@ -51,10 +57,21 @@ const LEEWAY_SECS: u64 = 30;
 /// Distinct verified tokens remembered: a few hundred bytes each, about 2 MiB when full.
 const VERIFIED_TOKENS: usize = 4096;
 
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 wants a key as long as the hash (256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The `iss` and `aud` every token must carry, when configured (neither is checked otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
 /// Keys that verify (and, with a secret, mint) tokens.
 pub struct TokenKeys {
     secret: Option<(EncodingKey, DecodingKey)>,
     public: Vec<(Algorithm, DecodingKey)>,
+    expected: Expected,
     verified: Cache<Box<str>, Verified>,
 }
 
@@ -68,13 +85,22 @@ struct Verified {
 impl TokenKeys {
     /// `public_keys` are PEM documents (RSA, Ed25519 or P-256 public keys).
     pub fn new(secret: Option<&Secret>, public_keys: &[String]) -> Result<Self, String> {
-        let secret = secret.map(|secret| {
-            let bytes = secret.expose().as_bytes();
-            (
-                EncodingKey::from_secret(bytes),
-                DecodingKey::from_secret(bytes),
-            )
-        });
+        let secret = secret
+            .map(|secret| {
+                let bytes = secret.expose().as_bytes();
+                if bytes.len() < MIN_SECRET_BYTES {
+                    return Err(format!(
+                        "the JWT secret is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} \
+                         (make one with `openssl rand -hex 32`)",
+                        bytes.len()
+                    ));
+                }
+                Ok((
+                    EncodingKey::from_secret(bytes),
+                    DecodingKey::from_secret(bytes),
+                ))
+            })
+            .transpose()?;
         let mut public = Vec::new();
         for (index, pem) in public_keys.iter().enumerate() {
             let pem = pem.as_bytes();
@@ -96,8 +122,15 @@ impl TokenKeys {
         Ok(Self {
             secret,
             public,
+            expected: Expected::default(),
             verified: Cache::new(VERIFIED_TOKENS),
         })
+    }
+
+    /// Refuses tokens without this issuer and audience (each when set); minted ones carry them.
+    pub fn expecting(mut self, expected: Expected) -> Self {
+        self.expected = expected;
+        self
     }
 
     /// Verifies a token and returns who it names.
@@ -142,6 +175,23 @@ impl TokenKeys {
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
+        // jsonwebtoken checks `iss` and `aud` only when present, unless they are required.
+        let mut required = vec!["exp"];
+        match &self.expected.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &self.expected.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
         let mut last = TokenError::Invalid("bad signature".to_owned());
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
@@ -156,6 +206,12 @@ impl TokenKeys {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                         jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                             TokenError::Invalid("bad signature".to_owned())
+                        }
+                        jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                            TokenError::Invalid("issued by another issuer".to_owned())
+                        }
+                        jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                            TokenError::Invalid("meant for another audience".to_owned())
                         }
                         _ => TokenError::Invalid("claims are missing or malformed".to_owned()),
                     }
@@ -184,6 +240,8 @@ impl TokenKeys {
                 .collect(),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
+            iss: self.expected.issuer.clone(),
+            aud: self.expected.audience.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|e| TokenError::CannotMint(e.to_string()))
@@ -253,6 +311,8 @@ mod tests {
             roles: vec![],
             iat: 1,
             exp: 2,
+            iss: None,
+            aud: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -293,6 +353,49 @@ mod tests {
         assert!(matches!(keys.verify(&forged), Err(TokenError::Invalid(_))));
         assert!(keys.verified.get(forged.as_str()).is_none());
         assert_eq!(keys.verified.len(), 1);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let secret = "s3cret-s3cret-s3cret-s3cret-s3cret";
+        let expecting = |issuer: Option<&str>, audience: Option<&str>| {
+            keys(secret).expecting(Expected {
+                issuer: issuer.map(str::to_owned),
+                audience: audience.map(str::to_owned),
+            })
+        };
+        let strict = expecting(Some("https://id.example"), Some("mailconnect"));
+        let bare = keys(secret)
+            .mint(&admin(), Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(strict.verify(&bare), Err(TokenError::Invalid(_))));
+        for (issuer, audience) in [
+            (Some("https://other.example"), Some("mailconnect")),
+            (Some("https://id.example"), Some("another-service")),
+            (Some("https://id.example"), None),
+            (None, Some("mailconnect")),
+        ] {
+            let token = expecting(issuer, audience)
+                .mint(&admin(), Duration::from_secs(60))
+                .unwrap();
+            assert!(
+                matches!(strict.verify(&token), Err(TokenError::Invalid(_))),
+                "{issuer:?} {audience:?}"
+            );
+        }
+        let token = strict.mint(&admin(), Duration::from_secs(60)).unwrap();
+        assert_eq!(strict.verify(&token).unwrap(), admin());
+        // Unconfigured, neither is checked: tokens with and without them verify.
+        assert_eq!(keys(secret).verify(&token).unwrap(), admin());
+        assert_eq!(keys(secret).verify(&bare).unwrap(), admin());
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        let short = Secret::new("x".repeat(MIN_SECRET_BYTES - 1));
+        let err = TokenKeys::new(Some(&short), &[]).err().unwrap();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(TokenKeys::new(Some(&Secret::new("x".repeat(MIN_SECRET_BYTES))), &[]).is_ok());
     }
 
     #[test]

@@ -16,7 +16,9 @@ use crate::domain::FieldViolation;
 use crate::domain::allowlist::export::ExportFormat;
 use crate::domain::allowlist::{AllowlistChange, Protocol, PublishedRange};
 use crate::service::ServiceError;
-use crate::service::allowlist::{AllowlistService, AllowlistStore, PublishInput, ReadRequest};
+use crate::service::allowlist::{
+    AllowlistService, AllowlistStore, DataCenterSource, PublishInput, ReadRequest,
+};
 
 pub struct AllowlistApi<S> {
     service: Arc<AllowlistService<S>>,
@@ -117,6 +119,15 @@ fn change_to_proto(change: AllowlistChange) -> proto::AllowlistChange {
 type WatchStream =
     Pin<Box<dyn Stream<Item = Result<proto::WatchAllowlistResponse, Status>> + Send>>;
 
+fn source_to_proto(source: DataCenterSource) -> proto::DataCenterSource {
+    match source {
+        DataCenterSource::Account => proto::DataCenterSource::Account,
+        DataCenterSource::Requested => proto::DataCenterSource::Requested,
+        DataCenterSource::Default => proto::DataCenterSource::Default,
+        DataCenterSource::UnknownAccount => proto::DataCenterSource::UnknownAccount,
+    }
+}
+
 #[tonic::async_trait]
 impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
     async fn get_allowlist(
@@ -129,13 +140,14 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
             data_center: &req.data_center,
             protocols: protocol_filter(&req.protocols)?,
         };
-        let snapshot = self.service.snapshot(&principal, read).await?;
+        let (snapshot, source) = self.service.snapshot(&principal, read).await?;
         Ok(Response::new(proto::GetAllowlistResponse {
             data_center: snapshot.data_center.as_str().to_owned(),
             ranges: snapshot.ranges.into_iter().map(range_to_proto).collect(),
             version: snapshot.version,
             etag: snapshot.etag,
             update_time: snapshot.update_time.map(timestamp::to_proto),
+            data_center_source: source_to_proto(source).into(),
         }))
     }
 
@@ -150,7 +162,7 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
             protocols: protocol_filter(&req.protocols)?,
         };
         let format = format_from_proto(req.format)?;
-        let (rendered, version) = self
+        let (rendered, version, source) = self
             .service
             .export(&principal, read, format, req.aggregate)
             .await?;
@@ -159,6 +171,7 @@ impl<S: AllowlistStore> AllowlistRpc for AllowlistApi<S> {
             content_type: rendered.content_type.to_owned(),
             version,
             file_name: rendered.file_name,
+            data_center_source: source_to_proto(source).into(),
         }))
     }
 

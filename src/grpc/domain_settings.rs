@@ -170,14 +170,22 @@ pub(super) fn probe_context<T>(request: &Request<T>) -> ProbeContext {
         .and_then(parse_grpc_timeout);
     ProbeContext {
         account_id: None,
-        deadline: timeout.map(|timeout| tokio::time::Instant::now() + timeout),
+        // A deadline past what the clock can hold is no deadline (the probe's own bounds apply).
+        deadline: timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)),
     }
 }
 
-/// `grpc-timeout` is digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
+/// The most digits a `grpc-timeout` may have (gRPC's HTTP/2 protocol; tonic ignores longer ones).
+const GRPC_TIMEOUT_DIGITS: usize = 8;
+
+/// `grpc-timeout` is at most 8 digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let unit = value.chars().last()?;
-    let amount: u64 = value.get(..value.len() - 1)?.parse().ok()?;
+    let digits = value.get(..value.len() - 1)?;
+    if digits.len() > GRPC_TIMEOUT_DIGITS {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         'H' => Duration::from_secs(amount.checked_mul(3600)?),
         'M' => Duration::from_secs(amount.checked_mul(60)?),
@@ -435,5 +443,11 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(359_999_996_400))
+        );
+        assert_eq!(parse_grpc_timeout("18446744073709551615S"), None);
+        assert_eq!(parse_grpc_timeout("123456789n"), None);
     }
 }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod observe;
 pub mod policy;
 pub mod probe_report;
+mod redact;
 pub mod server;
 pub mod status;
 mod timestamp;

@@ -18,7 +18,7 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpIncoming};
 
 use super::tls::{ReloadingTls, TlsFiles, TlsIncoming};
-use crate::config::parse_interval;
+use crate::config::{parse_duration, parse_interval};
 
 /// The transport settings of `mailconnect serve` (flattened into [`crate::config::Settings`]).
 #[derive(clap::Args, Debug, Clone)]
@@ -49,17 +49,17 @@ pub struct ServerSettings {
     #[arg(long, env = "MAILCONNECT_MAX_CONCURRENT_CALLS", default_value_t = 512)]
     pub max_concurrent_calls: usize,
     /// Longest a call may take to answer (a shorter `grpc-timeout` from the client wins).
-    #[arg(long, env = "MAILCONNECT_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Interval of HTTP/2 PINGs that detect dead connections.
-    #[arg(long, env = "MAILCONNECT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub http2_keepalive_interval: Duration,
     /// How long a PING may stay unanswered before the connection is closed.
-    #[arg(long, env = "MAILCONNECT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
     /// Age after which a connection is asked to go away (GOAWAY, in-flight calls finish), so that
     /// clients reconnect and spread over new replicas.
-    #[arg(long, env = "MAILCONNECT_MAX_CONNECTION_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MAILCONNECT_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
     pub max_connection_age: Duration,
     /// How long a connection that got GOAWAY for its age may still run calls before it is closed
     /// (calls and streams still open then end with UNAVAILABLE). None: no limit.

@@ -3,12 +3,17 @@
 //! `google.rpc.BadRequest` with a violation per field.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::domain::FieldViolation;
+use crate::service::CONCURRENT_TRANSACTION;
 use crate::service::ServiceError;
+
+/// How long a caller refused for contention is told to wait: about one short transaction.
+const CONTENTION_RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "mailconnect";
@@ -78,7 +83,13 @@ impl From<ServiceError> for Status {
                 metadata.into_iter().collect(),
             ),
             ServiceError::Aborted { reason, .. } => {
-                status(Code::Aborted, reason, message, HashMap::new())
+                let mut details =
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                // Contention, unlike a stale etag, passes by itself: retry the same call soon.
+                if reason == CONCURRENT_TRANSACTION {
+                    details.set_retry_info(Some(CONTENTION_RETRY_AFTER));
+                }
+                Status::with_error_details(Code::Aborted, message, details)
             }
             ServiceError::ProbeFailed { reports } => {
                 super::probe_report::probe_failed_status(message, reports)
@@ -105,5 +116,34 @@ impl From<ServiceError> for Status {
                 status(Code::Internal, "INTERNAL", message, HashMap::new())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::StoreError;
+
+    #[test]
+    fn contention_is_aborted_with_a_retry_delay_and_a_stale_etag_without() {
+        let contention = Status::from(ServiceError::from(StoreError::Contention(
+            "could not serialize access due to concurrent update".to_owned(),
+        )));
+        assert_eq!(contention.code(), Code::Aborted);
+        assert!(
+            !contention.message().contains("serialize"),
+            "{contention:?}"
+        );
+        assert_eq!(
+            contention
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(CONTENTION_RETRY_AFTER)
+        );
+        let stale = Status::from(ServiceError::Aborted {
+            reason: "ETAG_MISMATCH",
+            message: "stale".to_owned(),
+        });
+        assert!(stale.get_details_retry_info().is_none());
     }
 }

@@ -233,11 +233,17 @@ impl<S: DirectoryStore> DirectoryService<S> {
         violations.finish(|| ())?;
         match self.store.upsert_team(team).await {
             // A user or the account vanished between the check and the write.
-            Err(StoreError::MissingReference(cause)) => Err(ServiceError::FailedPrecondition {
-                reason: "DIRECTORY_CHANGED",
-                message: format!("the directory changed during the write, retry: {cause}"),
-                metadata: Default::default(),
-            }),
+            // The database's text names its constraints: it is logged, never answered.
+            Err(StoreError::MissingReference(cause)) => {
+                tracing::warn!(%cause, "a team's account or member vanished during its write");
+                Err(ServiceError::FailedPrecondition {
+                    reason: "DIRECTORY_CHANGED",
+                    message: "the account or a member of the team was deleted while the team \
+                              was written: retry"
+                        .to_owned(),
+                    metadata: Default::default(),
+                })
+            }
             other => Ok(other?),
         }
     }

@@ -139,6 +139,10 @@ impl From<FieldViolation> for ServiceError {
     }
 }
 
+/// The ABORTED reason of a transaction another one got in the way of: the same call again
+/// usually succeeds (the status carries a RetryInfo delay).
+pub const CONCURRENT_TRANSACTION: &str = "CONCURRENT_TRANSACTION";
+
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -150,7 +154,7 @@ impl From<StoreError> for ServiceError {
             StoreError::Contention(cause) => {
                 tracing::warn!(%cause, "concurrent transaction");
                 Self::Aborted {
-                    reason: "CONCURRENT_TRANSACTION",
+                    reason: CONCURRENT_TRANSACTION,
                     message: "a concurrent transaction got in the way; retry the call".to_owned(),
                 }
             }

@@ -17,5 +17,5 @@ pub mod pagination;
 pub mod probing;
 mod store;
 
-pub use error::ServiceError;
+pub use error::{CONCURRENT_TRANSACTION, ServiceError};
 pub use store::StoreError;

@@ -12,6 +12,8 @@ mod notifications;
 mod pool;
 pub mod schema;
 mod url;
+#[cfg(test)]
+mod use_case_tests;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 

@@ -179,6 +179,17 @@ impl Database {
         &self.url
     }
 
+    /// Stops the read cache's listener thread (joined) and closes the pool, whose connections
+    /// are then closed on the runtime's blocking threads, which the runtime joins when it is
+    /// dropped. The server calls it last: no thread of ours may still be inside libpq while the
+    /// process exits (issue 16). Every clone is closed; calls after it are UNAVAILABLE.
+    pub async fn close(&self) {
+        if let Some(cache) = self.cache.clone() {
+            let _ = tokio::task::spawn_blocking(move || cache.stop_following()).await;
+        }
+        self.pool.close();
+    }
+
     /// Runs `work` with a pooled connection on a blocking thread, in a `db.query` client span
     /// (a child of the caller's) that covers the wait for a connection and the work.
     pub async fn run<T, F>(&self, work: F) -> Result<T, StoreError>

@@ -62,24 +62,42 @@ impl DatabaseUrl {
     }
 }
 
-/// Never prints a Postgres password.
+/// Never prints a Postgres password: libpq takes one in the user info and as a query parameter.
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Postgres(url) => {
-                // postgres://user:password@host/db → postgres://user:***@host/db
-                match (url.find("://"), url.rfind('@')) {
-                    (Some(start), Some(at)) if url[start + 3..at].contains(':') => {
-                        let colon = start + 3 + url[start + 3..at].find(':').unwrap_or(0);
-                        write!(f, "{}:***{}", &url[..colon], &url[at..])
-                    }
-                    _ => f.write_str(url),
-                }
-            }
+            Self::Postgres(url) => f.write_str(&redacted(url)),
             Self::SqliteFile(path) => write!(f, "sqlite://{}", path.display()),
             Self::SqliteMemory => f.write_str("sqlite::memory:"),
         }
     }
+}
+
+/// `raw` with its password, and every query parameter that names one (`password`,
+/// `sslpassword`), replaced by `***`. A URL the `url` crate cannot read (libpq's several
+/// hosts) shows only its scheme: guessing where its password is would risk printing it.
+fn redacted(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        let scheme = raw
+            .split_once("://")
+            .map_or("postgres", |(scheme, _)| scheme);
+        return format!("{scheme}://***");
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    let secret = |key: &str| key.contains("password");
+    if url.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) { "***".into() } else { value };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -127,5 +145,15 @@ mod tests {
         assert_eq!(url.to_string(), "postgres://app:***@db:5432/mail");
         let url = DatabaseUrl::parse("postgres://app@db/mail").unwrap();
         assert_eq!(url.to_string(), "postgres://app@db/mail");
+        let url = DatabaseUrl::parse(
+            "postgresql://app@db/mail?sslmode=require&password=s3cret&sslpassword=k3y",
+        )
+        .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgresql://app@db/mail?sslmode=require&password=***&sslpassword=***"
+        );
+        let url = DatabaseUrl::parse("postgres://app:s3cret@db1:5432,db2:5432/mail").unwrap();
+        assert_eq!(url.to_string(), "postgres://***");
     }
 }

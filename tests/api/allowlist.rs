@@ -7,10 +7,10 @@ use std::time::Duration;
 use mailconnect::domain::principal::Role;
 use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
 use mailconnect::grpc::proto::{
-    Account, AllowlistChange, CheckAddressRequest, CheckAddressResponse, ExportAllowlistRequest,
-    ExportFormat, GetAllowlistRequest, GetAllowlistResponse, ListAllowlistChangesRequest, Protocol,
-    PublishRangesRequest, PublishRangesResponse, Tier, UpsertAccountRequest, WatchAllowlistRequest,
-    WatchAllowlistResponse,
+    Account, AllowlistChange, CheckAddressRequest, CheckAddressResponse, DataCenterSource,
+    ExportAllowlistRequest, ExportFormat, GetAllowlistRequest, GetAllowlistResponse,
+    ListAllowlistChangesRequest, Protocol, PublishRangesRequest, PublishRangesResponse, Tier,
+    UpsertAccountRequest, WatchAllowlistRequest, WatchAllowlistResponse,
 };
 use prost_types::Timestamp;
 use tonic::transport::Channel;
@@ -262,7 +262,11 @@ async fn import_command_reports_bad_lines(backend: Backend) {
     assert!(!refused.status.success(), "{stderr}");
     assert!(stderr.contains("line 3: \"-\": empty entry"), "{stderr}");
     assert!(stderr.contains("nothing published"), "{stderr}");
-    assert_eq!(get(&app, "eu2", &[]).await.version, 0);
+    let status = get_as(&app.platform_token(), &app, "eu2", &[])
+        .await
+        .unwrap_err();
+    let metadata = assert_error(&status, Code::FailedPrecondition, "ALLOWLIST_NOT_PUBLISHED");
+    assert_eq!(metadata["data_center"], "eu2");
 
     let imported = import(&["--skip-invalid"]);
     let stdout = String::from_utf8_lossy(&imported.stdout);
@@ -275,7 +279,10 @@ async fn import_command_reports_bad_lines(backend: Backend) {
     );
     // Written by another process: this replica's cache learns of it through the database.
     let eu2 = eventually("the imported list is served", || async {
-        Some(get(&app, "eu2", &[Protocol::Smtp]).await).filter(|list| list.version == 1)
+        get_as(&app.platform_token(), &app, "eu2", &[Protocol::Smtp])
+            .await
+            .ok()
+            .filter(|list| list.version == 1)
     })
     .await;
     assert_eq!(cidrs(&eu2), SEED_SMTP);
@@ -916,15 +923,42 @@ async fn accounts_see_only_their_data_center(backend: Backend) {
     assert_eq!(eu.data_center, "eu1");
     assert_eq!(cidrs(&eu), ["18.200.0.0/16"]);
     assert_eq!(eu.version, 1);
+    assert_eq!(eu.data_center_source(), DataCenterSource::Account);
     // Naming one's own data center is fine; another one is not.
-    assert_eq!(get_as(&eu_user, &app, "eu1", &[]).await.unwrap().version, 1);
+    let named = get_as(&eu_user, &app, "eu1", &[]).await.unwrap();
+    assert_eq!(named.version, 1);
+    assert_eq!(named.data_center_source(), DataCenterSource::Account);
     let status = get_as(&eu_user, &app, "na1", &[]).await.unwrap_err();
     assert_error(&status, Code::PermissionDenied, "MISSING_ROLE");
 
+    // Account 1 is not in the directory: it gets the default data center's list, and is told so.
     let na_user = app.user_token(1, 1, &[Role::SuperAdmin]);
     let na = get_as(&na_user, &app, "", &[]).await.unwrap();
     assert_eq!(na.data_center, "na1");
+    assert_eq!(na.data_center_source(), DataCenterSource::UnknownAccount);
     assert!(!cidrs(&na).contains(&"18.200.0.0/16"));
+    let platform = get_as(&app.platform_token(), &app, "", &[]).await.unwrap();
+    assert_eq!(platform.data_center_source(), DataCenterSource::Default);
+    let named = get_as(&app.platform_token(), &app, "eu1", &[])
+        .await
+        .unwrap();
+    assert_eq!(named.data_center_source(), DataCenterSource::Requested);
+
+    // A data center nothing was ever published for is no empty list ("allow nothing").
+    host_account(&app, 8, "ap1").await;
+    let ap_user = app.user_token(8, 1, &[]);
+    let status = get_as(&ap_user, &app, "", &[]).await.unwrap_err();
+    let metadata = assert_error(&status, Code::FailedPrecondition, "ALLOWLIST_NOT_PUBLISHED");
+    assert_eq!(metadata["data_center"], "ap1");
+    assert!(
+        status.message().contains("mailconnect allowlist import"),
+        "{status:?}"
+    );
+    let status = client(&app)
+        .export_allowlist(authed(&ap_user, ExportAllowlistRequest::default()))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "ALLOWLIST_NOT_PUBLISHED");
 
     let changes = client(&app)
         .list_allowlist_changes(authed(&eu_user, ListAllowlistChangesRequest::default()))
@@ -940,6 +974,7 @@ async fn accounts_see_only_their_data_center(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(export.content, "18.200.0.0/16\n");
+    assert_eq!(export.data_center_source(), DataCenterSource::Account);
 }
 
 async fn plain_users_cannot_publish(backend: Backend) {

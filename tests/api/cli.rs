@@ -268,3 +268,118 @@ async fn the_development_server_seeds_the_printed_tokens_directory() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Every duration setting past a year is a usage error at start (exit 2, the reason named), not
+/// a panic once the server adds it to a clock (issue 16, 11: `--connection-check-interval` of
+/// 18446744073709551615s panicked with "overflow when adding duration to instant").
+#[test]
+fn absurd_durations_are_startup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in [
+        "--shutdown-grace",
+        "--attempts-flush-interval",
+        "--connection-check-interval",
+        "--connection-failure-min-span",
+        "--background-poll-interval",
+        "--request-timeout",
+        "--http2-keepalive-interval",
+        "--http2-keepalive-timeout",
+        "--max-connection-age",
+        "--max-connection-age-grace",
+        "--tls-reload-interval",
+        "--probe-timeout",
+        "--probe-stage-timeout",
+    ] {
+        let mut child = mailconnect()
+            .current_dir(dir.path())
+            .args(["serve", "--listen-addr", "127.0.0.1:0"])
+            .args([
+                "--database-url",
+                "sqlite::memory:",
+                flag,
+                "18446744073709551615s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The bound only turns a server that started anyway into a failure.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{flag}: the server started with an absurd duration");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("at most"), "{flag}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+}
+
+/// Settings from a file become the flags' defaults, and `--help` prints defaults: a secret's
+/// must not show there, as its environment value does not (issue 16, 11).
+#[test]
+fn help_never_prints_a_secret_from_the_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mailconnect.env");
+    let secrets = [
+        (
+            "MAILCONNECT_JWT_SECRET",
+            "file-jwt-secret-0123456789abcdef0123",
+        ),
+        (
+            "MAILCONNECT_DATABASE_URL",
+            "postgres://app:file-db-password@db/mail",
+        ),
+        (
+            "MAILCONNECT_ENCRYPTION_KEYS",
+            "k1:ZmlsZS1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI=",
+        ),
+        (
+            "MAILCONNECT_SMTP_RELAY_URL",
+            "smtp://relay:file-relay-password@relay.example:587",
+        ),
+        (
+            "MAILCONNECT_GOOGLE_OAUTH_CLIENT_SECRET",
+            "file-google-secret",
+        ),
+        (
+            "MAILCONNECT_MICROSOFT_OAUTH_CLIENT_SECRET",
+            "file-microsoft-secret",
+        ),
+    ];
+    let mut text: String = secrets
+        .iter()
+        .map(|(name, value)| format!("{name}={value}\n"))
+        .collect();
+    text.push_str("MAILCONNECT_NOTIFICATION_FROM=file-notification-from@example.com\n");
+    std::fs::write(&file, text).unwrap();
+    for subcommand in ["serve", "migrate", "token", "rotate-keys"] {
+        let output = mailconnect()
+            .env("MAILCONNECT_CONFIG_FILE", &file)
+            .args([subcommand, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{subcommand} --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for (name, value) in secrets {
+            assert!(
+                !help.contains(value),
+                "{subcommand} --help shows {name}: {help}"
+            );
+        }
+        if subcommand == "serve" {
+            assert!(
+                help.contains("file-notification-from@example.com"),
+                "the file is read: {help}"
+            );
+        }
+    }
+}

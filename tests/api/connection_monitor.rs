@@ -28,11 +28,11 @@ use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER, f
 use crate::token_endpoint::{CLIENT_ID, CLIENT_SECRET, TokenEndpoint, field};
 
 /// The monitor's interval in these tests (the default).
-const INTERVAL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(15 * 60);
 
 /// The app on a manual clock, with a relay on `relay_port` and Google's token endpoint on
 /// loopback.
-async fn app_on(
+pub(crate) async fn app_on(
     backend: Backend,
     clock: &Arc<ManualClock>,
     relay_port: u16,
@@ -66,7 +66,7 @@ fn with_relay_and_oauth(settings: &mut Settings, relay: &str, token_url: url::Ur
 }
 
 /// A clock at a whole second (times are stored to the microsecond).
-fn clock() -> Arc<ManualClock> {
+pub(crate) fn clock() -> Arc<ManualClock> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -95,7 +95,7 @@ fn imap_preset(dovecot: &Dovecot, smtp: &Aiosmtpd) -> DomainSettings {
 }
 
 /// The admins' preset for acme.example.
-async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
+pub(crate) async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
     DomainSettingsServiceClient::new(app.channel.clone())
         .create_domain_settings(authed(
             &token(app, ADMIN),
@@ -108,7 +108,7 @@ async fn preset(app: &TestApp, dovecot: &Dovecot, smtp: &Aiosmtpd) {
         .unwrap();
 }
 
-async fn connect_imap(
+pub(crate) async fn connect_imap(
     app: &TestApp,
     user: i64,
     address: &str,
@@ -129,7 +129,11 @@ async fn connect_imap(
 }
 
 /// Waits until the monitor checked the connection at the clock's current time.
-async fn checked_now(app: &TestApp, clock: &ManualClock, name: &str) -> proto::Connection {
+pub(crate) async fn checked_now(
+    app: &TestApp,
+    clock: &ManualClock,
+    name: &str,
+) -> proto::Connection {
     let now = prost_types::Timestamp::from(mailconnect::service::clock::Clock::now(clock));
     eventually("the monitor checked the connection", || async {
         let connection = get_connection(app, name).await;
@@ -159,15 +163,9 @@ fn recipients(sink: &Aiosmtpd) -> Vec<String> {
 /// password stores nothing); when the password changes, the monitor disconnects the mailboxes
 /// (CREDENTIALS_EXPIRED) and the owner, the admins and the connecting user get an email.
 async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Backend) {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
-    let Some(smtp) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
-    let Some(sink) = Aiosmtpd::sink(free_port()) else {
-        return;
-    };
+    let dovecot = Dovecot::start();
+    let smtp = Aiosmtpd::start(SmtpMode::StartTls);
+    let sink = Aiosmtpd::sink(free_port());
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let app = app_on(backend, &clock, sink.port, &tokens, |_| {}).await;
@@ -306,12 +304,8 @@ async fn a_changed_password_disconnects_and_mails_the_right_people(backend: Back
 /// Dovecot stopped: failures count, and only after the threshold over the minimum span (3 over
 /// 30 minutes by default) is the mailbox disconnected as SERVER_UNREACHABLE.
 async fn an_outage_disconnects_only_after_the_threshold(backend: Backend) {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
-    let Some(smtp) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
+    let dovecot = Dovecot::start();
+    let smtp = Aiosmtpd::start(SmtpMode::StartTls);
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let app = app_on(backend, &clock, free_port(), &tokens, |_| {}).await;
@@ -456,9 +450,7 @@ async fn notifications_wait_for_the_relay_and_arrive_once(backend: Backend) {
             .then_some(())
     })
     .await;
-    let Some(sink) = Aiosmtpd::sink(relay_port) else {
-        return;
-    };
+    let sink = Aiosmtpd::sink(relay_port);
     clock.advance(Duration::from_secs(3600));
     eventually("the notification is delivered", || async {
         (crate::credentials::count_rows(
@@ -476,9 +468,7 @@ async fn notifications_wait_for_the_relay_and_arrive_once(backend: Backend) {
 /// (by one of them), and each notification is mailed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_check_each_connection_once_and_mail_once() {
-    let Some(sink) = Aiosmtpd::sink(free_port()) else {
-        return;
-    };
+    let sink = Aiosmtpd::sink(free_port());
     let tokens = TokenEndpoint::start().await;
     let clock = clock();
     let first = app_on(Backend::Postgres, &clock, sink.port, &tokens, |_| {}).await;

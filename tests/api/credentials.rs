@@ -65,7 +65,7 @@ pub fn stored_credentials(app: &TestApp, name: &str) -> i64 {
 
 /// Every byte the database keeps: `pg_dump` of the test database, or the SQLite file and its
 /// write-ahead log.
-fn database_bytes(app: &TestApp) -> Vec<u8> {
+pub(crate) fn database_bytes(app: &TestApp) -> Vec<u8> {
     let url = app.database_url();
     match url.strip_prefix("sqlite://") {
         Some(path) => {
@@ -85,7 +85,7 @@ fn database_bytes(app: &TestApp) -> Vec<u8> {
     }
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())

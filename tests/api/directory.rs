@@ -812,3 +812,41 @@ backend_tests!(
     other_accounts_are_invisible,
     users_paginate_exactly_once,
 );
+
+/// A member deleted between UpsertTeam's check and its write (here a trigger that fails the
+/// write as the foreign key would) is FAILED_PRECONDITION DIRECTORY_CHANGED, said in words: the
+/// database's text, with its table and constraint names, stays in the log (issue 16, 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deleted_during_a_team_write_is_told_without_database_text() {
+    let app = spawn_app(Backend::Postgres).await;
+    seed_account(&app, 1).await;
+    seed_user(&app, 1, 7).await;
+    app.postgres_sql(
+        "CREATE FUNCTION vanish() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION 'insert or update on table \"team_members\" violates foreign key \
+             constraint \"team_members_account_id_user_id_fkey\"' \
+           USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'team_members_account_id_user_id_fkey'; \
+         END $$; \
+         CREATE TRIGGER vanish BEFORE INSERT ON team_members FOR EACH ROW EXECUTE FUNCTION vanish();",
+    );
+    let status = app
+        .directory()
+        .upsert_team(authed(
+            &app.platform_token(),
+            UpsertTeamRequest {
+                team: Some(Team {
+                    account_id: 1,
+                    id: 3,
+                    name: "Support".into(),
+                    member_user_ids: vec![7],
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::FailedPrecondition, "DIRECTORY_CHANGED");
+    for internal in ["team_members", "constraint", "fkey", "violates"] {
+        assert!(!status.message().contains(internal), "{status:?}");
+    }
+    assert!(status.message().contains("retry"), "{status:?}");
+}

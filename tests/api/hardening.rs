@@ -565,3 +565,51 @@ fn bad_server_settings_are_clear_startup_errors() {
         );
     }
 }
+
+/// A `grpc-timeout` past what a clock can hold (20 digits; gRPC allows 8) is ignored as tonic
+/// ignores it: the probe runs on its own bounds instead of the handler panicking on
+/// `Instant + Duration` (issue 16, 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_grpc_timeout_is_ignored() {
+    use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
+    use mailconnect::grpc::proto::{
+        DomainSettings, ImapSettings, ProbeDomainSettingsRequest, Security, ServerAddress,
+        domain_settings::Settings,
+    };
+
+    let server =
+        crate::fault_servers::FaultServer::start(crate::fault_servers::Fault::ImapWithoutStartTls)
+            .await;
+    let app = crate::harness::spawn_app(Backend::Sqlite).await;
+    let admin = app.user_token(1, 7, &[mailconnect::domain::principal::Role::SuperAdmin]);
+    let address = ServerAddress {
+        host: "127.0.0.1".into(),
+        port: server.port.into(),
+        security: Security::Plaintext.into(),
+    };
+    let message = ProbeDomainSettingsRequest {
+        domain_settings: Some(DomainSettings {
+            domain: "acme.example".into(),
+            settings: Some(Settings::Imap(ImapSettings {
+                imap_server: Some(address.clone()),
+                smtp_server: Some(address),
+                allow_insecure_certificate: false,
+            })),
+            ..Default::default()
+        }),
+        test_credentials: None,
+    };
+    for timeout in ["18446744073709551615S", "99999999H"] {
+        let mut call = authed(&admin, message.clone());
+        call.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        let reports = DomainSettingsServiceClient::new(app.channel.clone())
+            .probe_domain_settings(call)
+            .await
+            .unwrap_or_else(|status| panic!("grpc-timeout {timeout}: {status:?}"))
+            .into_inner()
+            .reports;
+        assert_eq!(reports.len(), 2, "{timeout}");
+    }
+    assert!(server.accepted() > 0, "the probe ran");
+}

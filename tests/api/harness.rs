@@ -140,6 +140,8 @@ pub fn test_settings(database_url: &str, data_dir: PathBuf) -> Settings {
             data_dir,
             jwt_secret: Some(Secret::new(TEST_SECRET.to_owned())),
             jwt_public_keys: vec![],
+            jwt_issuer: None,
+            jwt_audience: None,
         },
         database: DatabaseSettings {
             database_url: Some(Secret::new(database_url.to_owned())),

@@ -44,21 +44,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An external program the tests need: missing is a failure under CI, a loud skip otherwise.
-pub fn require(program: &Path, why: &str) -> bool {
-    if program.exists() {
-        return true;
-    }
+/// An external program the tests need: missing is a failure with the install hint, never a
+/// skip (a test that cannot run must not pass).
+pub fn require(program: &Path, install: &str) {
     assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is needed for {why}: run scripts/test, which installs it",
+        program.exists(),
+        "{} is needed and missing: run scripts/test, which installs it ({install})",
         program.display()
     );
-    eprintln!(
-        "SKIPPED: {} not found ({why}); run scripts/test to install it",
-        program.display()
-    );
-    false
 }
 
 /// Waits until something accepts connections on the port (a server starting up).
@@ -223,14 +216,9 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    /// Starts Dovecot, or returns None (skip) when it is not installed outside CI.
-    pub fn start() -> Option<Self> {
-        if !require(
-            Path::new(DOVECOT),
-            "the IMAP probe tests (apt install dovecot-imapd)",
-        ) {
-            return None;
-        }
+    /// Starts Dovecot; fails the test when it is not installed.
+    pub fn start() -> Self {
+        require(Path::new(DOVECOT), "apt-get install dovecot-imapd");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         TestCertificate::self_signed(path);
@@ -268,14 +256,14 @@ impl Dovecot {
             .expect("start dovecot");
         wait_for_port(imap_port, &mut process, &log);
         wait_for_port(imaps_port, &mut process, &log);
-        Some(Self {
+        Self {
             imap_port,
             imaps_port,
             config,
             users,
             process,
             _dir: dir,
-        })
+        }
     }
 
     /// Changes the test user's password, as a mail admin would (Dovecot reads the file again
@@ -367,7 +355,7 @@ pub struct Aiosmtpd {
 }
 
 impl Aiosmtpd {
-    pub fn start(mode: SmtpMode) -> Option<Self> {
+    pub fn start(mode: SmtpMode) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certificate = TestCertificate::self_signed(dir.path());
         let mode = match mode {
@@ -386,7 +374,7 @@ impl Aiosmtpd {
 
     /// A relay without TLS or AUTH on `port` that keeps every message it accepts (see
     /// [`Aiosmtpd::messages`]).
-    pub fn sink(port: u16) -> Option<Self> {
+    pub fn sink(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mail = dir.path().join("mail");
         std::fs::create_dir(&mail).unwrap();
@@ -410,17 +398,14 @@ impl Aiosmtpd {
             .collect()
     }
 
-    fn spawn(port: u16, args: &[String], dir: tempfile::TempDir) -> Option<Self> {
+    fn spawn(port: u16, args: &[String], dir: tempfile::TempDir) -> Self {
         let python = std::env::var_os("MAILCONNECT_TEST_PYTHON").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-tools/bin/python"),
             PathBuf::from,
         );
         let aiosmtpd = python.with_file_name("aiosmtpd");
-        if !require(&python, "the SMTP tests")
-            || !require(&aiosmtpd, "the SMTP tests (pip install aiosmtpd)")
-        {
-            return None;
-        }
+        require(&python, "python3 -m venv .venv-tools");
+        require(&aiosmtpd, ".venv-tools/bin/pip install aiosmtpd");
         let log = dir.path().join("smtp.log");
         let mut process = Command::new(python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/smtp_server.py"))
@@ -441,11 +426,11 @@ impl Aiosmtpd {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         wait_for_port(port, &mut process, &log);
-        Some(Self {
+        Self {
             port,
             process,
             _dir: dir,
-        })
+        }
     }
 }
 

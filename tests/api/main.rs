@@ -37,6 +37,7 @@ mod raw_grpc;
 mod relay_faults;
 mod resources;
 mod role_matrix;
+mod secrets_scan;
 mod server;
 mod shutdown;
 mod shutdown_load;

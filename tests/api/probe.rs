@@ -104,9 +104,7 @@ fn impatient(ports: &[u16]) -> ProbeSettings {
 
 #[tokio::test]
 async fn imaps_with_an_allowed_self_signed_certificate_logs_in_and_reports_it() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -167,9 +165,7 @@ async fn imaps_with_an_allowed_self_signed_certificate_logs_in_and_reports_it() 
 
 #[tokio::test]
 async fn a_self_signed_certificate_fails_without_allow_insecure_certificate() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -198,9 +194,7 @@ async fn a_self_signed_certificate_fails_without_allow_insecure_certificate() {
 
 #[tokio::test]
 async fn imap_starttls_upgrades_and_logs_in() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = probe_settings(&[dovecot.imap_port]);
     let report = run(
         &settings,
@@ -227,9 +221,7 @@ async fn imap_starttls_upgrades_and_logs_in() {
 
 #[tokio::test]
 async fn a_wrong_imap_password_names_the_password_field() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = probe_settings(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -252,9 +244,7 @@ async fn a_wrong_imap_password_names_the_password_field() {
 
 #[tokio::test]
 async fn starttls_on_the_implicit_tls_port_gives_the_mismatch_hint() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = impatient(&[dovecot.imaps_port]);
     let report = run(
         &settings,
@@ -269,9 +259,7 @@ async fn starttls_on_the_implicit_tls_port_gives_the_mismatch_hint() {
 
 #[tokio::test]
 async fn implicit_tls_on_the_starttls_port_gives_the_mismatch_hint() {
-    let Some(dovecot) = Dovecot::start() else {
-        return;
-    };
+    let dovecot = Dovecot::start();
     let settings = probe_settings(&[dovecot.imap_port]);
     let report = run(
         &settings,
@@ -290,9 +278,7 @@ async fn implicit_tls_on_the_starttls_port_gives_the_mismatch_hint() {
 
 #[tokio::test]
 async fn smtp_starttls_offers_auth_after_tls_and_logs_in() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
+    let server = Aiosmtpd::start(SmtpMode::StartTls);
     let settings = probe_settings(&[server.port]);
     let report = run(
         &settings,
@@ -327,9 +313,7 @@ async fn smtp_starttls_offers_auth_after_tls_and_logs_in() {
 
 #[tokio::test]
 async fn smtp_implicit_tls_logs_in() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else {
-        return;
-    };
+    let server = Aiosmtpd::start(SmtpMode::ImplicitTls);
     let settings = probe_settings(&[server.port]);
     let report = run(
         &settings,
@@ -347,9 +331,7 @@ async fn smtp_implicit_tls_logs_in() {
 
 #[tokio::test]
 async fn a_wrong_smtp_password_names_the_password_field() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
+    let server = Aiosmtpd::start(SmtpMode::StartTls);
     let settings = probe_settings(&[server.port]);
     let report = run(
         &settings,
@@ -367,9 +349,7 @@ async fn a_wrong_smtp_password_names_the_password_field() {
 
 #[tokio::test]
 async fn implicit_tls_on_an_smtp_starttls_port_gives_the_mismatch_hint() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::StartTls) else {
-        return;
-    };
+    let server = Aiosmtpd::start(SmtpMode::StartTls);
     let settings = probe_settings(&[server.port]);
     let report = run(&settings, smtp(server.port, Security::ImplicitTls, None)).await;
     assert_eq!(report.outcome, ProbeOutcome::Failed, "{report:#?}");
@@ -384,9 +364,7 @@ async fn implicit_tls_on_an_smtp_starttls_port_gives_the_mismatch_hint() {
 
 #[tokio::test]
 async fn starttls_on_an_smtp_implicit_tls_port_gives_the_mismatch_hint() {
-    let Some(server) = Aiosmtpd::start(SmtpMode::ImplicitTls) else {
-        return;
-    };
+    let server = Aiosmtpd::start(SmtpMode::ImplicitTls);
     let settings = impatient(&[server.port]);
     let report = run(&settings, smtp(server.port, Security::StartTls, None)).await;
     assert_eq!(report.outcome, ProbeOutcome::TimedOut, "{report:#?}");

@@ -24,6 +24,11 @@ impl ServerProcess {
     /// Starts `mailconnect serve` on a free loopback port with `extra` flags and environment,
     /// and returns once it logged its address.
     pub fn start(database: &TestDatabase, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on(database.url(), extra, env)
+    }
+
+    /// [`ServerProcess::start`] on a database URL of the test's making.
+    pub fn start_on(database_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_mailconnect"));
         for (key, _) in std::env::vars() {
@@ -39,12 +44,7 @@ impl ServerProcess {
                 "--log-format",
                 "json",
             ])
-            .args([
-                "--database-url",
-                database.url(),
-                "--jwt-secret",
-                TEST_SECRET,
-            ])
+            .args(["--database-url", database_url, "--jwt-secret", TEST_SECRET])
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(extra)

@@ -276,3 +276,86 @@ async fn connections_the_database_closed_are_not_reused() {
     }
     panic!("calls did not recover after the database closed the pooled connections");
 }
+
+/// With MAILCONNECT_JWT_ISSUER and MAILCONNECT_JWT_AUDIENCE set, a validly signed token from
+/// another issuer, for another audience or naming neither is UNAUTHENTICATED; one with both
+/// is served (issue 16, 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_must_name_the_configured_issuer_and_audience() {
+    use mailconnect::domain::principal::{Principal, Role};
+    use mailconnect::domain::secret::Secret;
+    use mailconnect::grpc::proto::GetAccountRequest;
+    use mailconnect::tokens::{Expected, TokenKeys};
+
+    let app = crate::harness::spawn_app_with(Backend::Sqlite, |settings| {
+        settings.keys.jwt_issuer = Some("https://id.example".into());
+        settings.keys.jwt_audience = Some("mailconnect".into());
+    })
+    .await;
+    let mint = |issuer: Option<&str>, audience: Option<&str>| {
+        TokenKeys::new(Some(&Secret::new(crate::harness::TEST_SECRET.into())), &[])
+            .unwrap()
+            .expecting(Expected {
+                issuer: issuer.map(str::to_owned),
+                audience: audience.map(str::to_owned),
+            })
+            .mint(
+                &Principal {
+                    subject: "platform".into(),
+                    account_id: None,
+                    user_id: None,
+                    roles: vec![Role::Platform],
+                },
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap()
+    };
+    let get = |token: String| {
+        let mut client = app.directory();
+        async move {
+            client
+                .get_account(authed(&token, GetAccountRequest { account_id: 1 }))
+                .await
+        }
+    };
+    for (issuer, audience) in [
+        (None, None),
+        (Some("https://other.example"), Some("mailconnect")),
+        (Some("https://id.example"), Some("another-service")),
+        (Some("https://id.example"), None),
+    ] {
+        let status = get(mint(issuer, audience)).await.unwrap_err();
+        assert_error(&status, Code::Unauthenticated, "INVALID_TOKEN");
+    }
+    let status = get(mint(Some("https://id.example"), Some("mailconnect")))
+        .await
+        .unwrap_err();
+    // Past authentication: the account simply does not exist yet.
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+/// An HS256 secret under 32 bytes stops `serve` and `token` (issue 16, 11).
+#[test]
+fn a_short_jwt_secret_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec![
+            "serve",
+            "--database-url",
+            "sqlite::memory:",
+            "--listen-addr",
+            "127.0.0.1:0",
+        ],
+        vec!["token", "--role", "platform"],
+    ] {
+        let output = crate::cli::mailconnect()
+            .current_dir(dir.path())
+            .args(&args)
+            .args(["--jwt-secret", "only-31-bytes-long-0123456789ab"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("at least 32"), "{args:?}: {stderr}");
+    }
+}

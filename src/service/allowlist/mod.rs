@@ -142,6 +142,32 @@ pub struct ChangePage {
     pub next_page_token: String,
 }
 
+/// Where the data center of a read came from (GetAllowlistResponse.data_center_source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataCenterSource {
+    /// The directory's record of the caller's account.
+    Account,
+    /// The request named it.
+    Requested,
+    /// The default data center, for a caller without an account.
+    Default,
+    /// The default data center, because the directory does not know the caller's account.
+    UnknownAccount,
+}
+
+/// A data center without any publication: how to publish is in the README ("Egress allowlists").
+fn not_published(data_center: &DataCenterId) -> ServiceError {
+    ServiceError::FailedPrecondition {
+        reason: "ALLOWLIST_NOT_PUBLISHED",
+        message: format!(
+            "no allowlist was ever published for data center {dc}: an operator publishes one with \
+             `mailconnect allowlist import --data-center {dc} --protocol smtp|imap FILE` or PublishRanges",
+            dc = data_center.as_str()
+        ),
+        metadata: [("data_center".to_owned(), data_center.as_str().to_owned())].into(),
+    }
+}
+
 pub struct AllowlistService<S> {
     store: S,
     default_data_center: DataCenterId,
@@ -157,6 +183,12 @@ pub struct AllowlistService<S> {
 }
 
 impl<S: AllowlistStore> AllowlistService<S> {
+    /// For the use-case tests (in storage, which holds the real store) to count its loads.
+    #[cfg(test)]
+    pub(crate) fn store(&self) -> &S {
+        &self.store
+    }
+
     pub fn new(store: S, default_data_center: DataCenterId, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
@@ -174,24 +206,37 @@ impl<S: AllowlistStore> AllowlistService<S> {
         self.stopping.send_replace(true);
     }
 
-    /// The data center a read applies to: the caller's account's, the default one for principals
-    /// without a (known) account, or the one a platform caller names.
+    /// The data center a read applies to, and where it came from: the caller's account's, the
+    /// default one for principals without a (known) account, or the one a platform caller names.
     async fn data_center_for(
         &self,
         principal: &Principal,
         requested: &str,
-    ) -> Result<DataCenterId, ServiceError> {
-        let own = match principal.account_id {
-            Some(account_id) => self.store.account_data_center(account_id).await?,
-            None => None,
-        }
-        .unwrap_or_else(|| self.default_data_center.clone());
+    ) -> Result<(DataCenterId, DataCenterSource), ServiceError> {
+        let (own, source) = match principal.account_id {
+            Some(account_id) => match self.store.account_data_center(account_id).await? {
+                Some(hosting) => (hosting, DataCenterSource::Account),
+                None => {
+                    tracing::warn!(
+                        account_id,
+                        "an account the directory does not know read an allowlist: the default data center's"
+                    );
+                    (
+                        self.default_data_center.clone(),
+                        DataCenterSource::UnknownAccount,
+                    )
+                }
+            },
+            None => (self.default_data_center.clone(), DataCenterSource::Default),
+        };
         if requested.is_empty() {
-            return Ok(own);
+            return Ok((own, source));
         }
         let requested = DataCenterId::parse("data_center", requested)?;
-        if requested == own || principal.is_platform() {
-            Ok(requested)
+        if requested == own && source == DataCenterSource::Account {
+            Ok((requested, source))
+        } else if requested == own || principal.is_platform() {
+            Ok((requested, DataCenterSource::Requested))
         } else {
             Err(ServiceError::PermissionDenied {
                 message: format!(
@@ -203,27 +248,33 @@ impl<S: AllowlistStore> AllowlistService<S> {
         }
     }
 
+    /// The current list of the caller's (or the named) data center; a data center that never
+    /// had a publication is FAILED_PRECONDITION, not an empty list that reads "allow nothing".
     pub async fn snapshot(
         &self,
         principal: &Principal,
         request: ReadRequest<'_>,
-    ) -> Result<AllowlistSnapshot, ServiceError> {
-        let data_center = self.data_center_for(principal, request.data_center).await?;
+    ) -> Result<(AllowlistSnapshot, DataCenterSource), ServiceError> {
+        let (data_center, source) = self.data_center_for(principal, request.data_center).await?;
         let list = self.store.list(&data_center).await?;
+        if list.version == 0 {
+            return Err(not_published(&data_center));
+        }
         let ranges = published_ranges(
             list.records
                 .iter()
                 .filter(|record| request.protocols.contains(&record.protocol)),
             self.clock.now_micros(),
         );
-        Ok(AllowlistSnapshot {
+        let snapshot = AllowlistSnapshot {
             etag: etag(&data_center, list.version),
             data_center,
             version: list.version,
             update_time: list.update_time,
             protocols: request.protocols,
             ranges,
-        })
+        };
+        Ok((snapshot, source))
     }
 
     pub async fn export(
@@ -232,9 +283,13 @@ impl<S: AllowlistStore> AllowlistService<S> {
         request: ReadRequest<'_>,
         format: ExportFormat,
         aggregate: bool,
-    ) -> Result<(Rendered, i64), ServiceError> {
-        let snapshot = self.snapshot(principal, request).await?;
-        Ok((render(&snapshot, format, aggregate), snapshot.version))
+    ) -> Result<(Rendered, i64, DataCenterSource), ServiceError> {
+        let (snapshot, source) = self.snapshot(principal, request).await?;
+        Ok((
+            render(&snapshot, format, aggregate),
+            snapshot.version,
+            source,
+        ))
     }
 
     /// Every range of any data center containing the address, current or upcoming.
@@ -313,7 +368,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
         page_size_requested: i32,
         page_token: &str,
     ) -> Result<ChangePage, ServiceError> {
-        let data_center = self.data_center_for(principal, data_center).await?;
+        let (data_center, _) = self.data_center_for(principal, data_center).await?;
         let filter = format!("changes:{}:{since_version}", data_center.as_str());
         let mut violations = Violations::new();
         violations.check(non_negative("since_version", since_version));
@@ -360,7 +415,7 @@ impl<S: AllowlistStore> AllowlistService<S> {
         from_version: i64,
     ) -> Result<mpsc::Receiver<Result<AllowlistChange, ServiceError>>, ServiceError> {
         non_negative("from_version", from_version)?;
-        let data_center = self.data_center_for(principal, data_center).await?;
+        let (data_center, _) = self.data_center_for(principal, data_center).await?;
         // Subscribe before reading the history, so that nothing published in between is lost.
         let live = self.changes.subscribe();
         self.current_version_after(&data_center, "from_version", from_version)
@@ -508,89 +563,5 @@ fn stale_etag(data_center: &DataCenterId, sent: &str) -> ServiceError {
             "etag {sent:?} is not the current etag of data center {}'s allowlist: read it again (GetAllowlist) and retry",
             data_center.as_str()
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use super::*;
-    use crate::service::clock::SystemClock;
-    use crate::storage::{Database, DatabaseUrl};
-
-    /// The database, counting how often every range is loaded.
-    struct CountingStore {
-        database: Database,
-        full_loads: AtomicUsize,
-    }
-
-    impl AllowlistStore for CountingStore {
-        async fn account_data_center(
-            &self,
-            account_id: i64,
-        ) -> Result<Option<DataCenterId>, StoreError> {
-            self.database.account_data_center(account_id).await
-        }
-        async fn version(&self, data_center: &DataCenterId) -> Result<i64, StoreError> {
-            self.database.version(data_center).await
-        }
-        async fn list(&self, data_center: &DataCenterId) -> Result<Arc<StoredList>, StoreError> {
-            self.database.list(data_center).await
-        }
-        async fn generation(&self) -> Result<i64, StoreError> {
-            self.database.generation().await
-        }
-        async fn all_records(&self) -> Result<(i64, Vec<RangeRecord>), StoreError> {
-            self.full_loads.fetch_add(1, Ordering::SeqCst);
-            self.database.all_records().await
-        }
-        async fn changes_after(
-            &self,
-            data_center: &DataCenterId,
-            after: i64,
-            limit: usize,
-        ) -> Result<Vec<AllowlistChange>, StoreError> {
-            self.database.changes_after(data_center, after, limit).await
-        }
-        async fn has_history(
-            &self,
-            data_center: &DataCenterId,
-            protocol: Protocol,
-        ) -> Result<bool, StoreError> {
-            self.database.has_history(data_center, protocol).await
-        }
-        async fn publish(&self, publication: Publication) -> Result<PublishOutcome, StoreError> {
-            self.database.publish(publication).await
-        }
-    }
-
-    /// Concurrent first CheckAddress calls build the index once (each build loads every range:
-    /// 64 at once took a server to 772 MiB with 100,000 ranges).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_first_lookups_build_the_index_once() {
-        let database = Database::new(DatabaseUrl::SqliteMemory, 1).unwrap();
-        database.migrate().await.unwrap();
-        publish_initial_lists(&database, &SystemClock)
-            .await
-            .unwrap();
-        let service = Arc::new(AllowlistService::new(
-            CountingStore {
-                database,
-                full_loads: AtomicUsize::new(0),
-            },
-            DataCenterId::parse("dc", "na1").unwrap(),
-            Arc::new(SystemClock),
-        ));
-        let lookups: Vec<_> = (0..16)
-            .map(|_| {
-                let service = Arc::clone(&service);
-                tokio::spawn(async move { service.check_address("143.244.82.13").await })
-            })
-            .collect();
-        for lookup in lookups {
-            assert!(!lookup.await.unwrap().unwrap().is_empty());
-        }
-        assert_eq!(service.store.full_loads.load(Ordering::SeqCst), 1);
     }
 }

@@ -1,7 +1,8 @@
 //! The thread that tells a [`ReadCache`] about changes other writers made.
 
 use std::path::Path;
-use std::sync::Weak;
+use std::sync::{Weak, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -29,36 +30,81 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Tells whoever waits that the first connection attempt is over (trusted or failed).
 type FirstAttempt = Option<oneshot::Sender<()>>;
 
-type Follow = Box<dyn Fn(&Weak<ReadCache>, &mut FirstAttempt) -> Result<(), String> + Send>;
+type Follow = Box<dyn Fn(&Weak<ReadCache>, &mut FirstAttempt, &Stop) -> Result<(), String> + Send>;
+
+/// The running listener thread.
+pub struct Listener {
+    /// Dropping it wakes the thread from its wait and ends it.
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Ends the thread at its next wait (at most one query later) and waits until it has closed
+    /// its connection: no thread may still be inside libpq while the process exits, where
+    /// OpenSSL's exit handlers then crash it (SIGSEGV after SIGTERM, issue 16).
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// The listener's side of [`Listener::stop`]: its waits end as soon as stopping is asked for.
+struct Stop(mpsc::Receiver<()>);
+
+impl Stop {
+    /// Waits `duration`; `true` when the listener must stop (asked before or meanwhile).
+    fn wait(&self, duration: Duration) -> bool {
+        !matches!(
+            self.0.recv_timeout(duration),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+}
 
 /// Starts the listener thread; the receiver completes once its first connection attempt is over.
-pub fn spawn(url: &DatabaseUrl, cache: Weak<ReadCache>) -> oneshot::Receiver<()> {
+/// `None` when there is nothing to follow or the thread could not start.
+pub fn spawn(
+    url: &DatabaseUrl,
+    cache: Weak<ReadCache>,
+) -> (Option<Listener>, oneshot::Receiver<()>) {
     let (first_attempt, over) = oneshot::channel();
     let follow: Follow = match url.clone() {
         DatabaseUrl::Postgres(url) => {
-            Box::new(move |cache, first| follow_postgres(&url, cache, first))
+            Box::new(move |cache, first, stop| follow_postgres(&url, cache, first, stop))
         }
         DatabaseUrl::SqliteFile(path) => {
-            Box::new(move |cache, first| follow_sqlite(&path, cache, first))
+            Box::new(move |cache, first, stop| follow_sqlite(&path, cache, first, stop))
         }
         // Nobody else can write to a private in-memory database.
-        DatabaseUrl::SqliteMemory => return over,
+        DatabaseUrl::SqliteMemory => return (None, over),
     };
+    let (stop, stopping) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("cache-listener".to_owned())
-        .spawn(move || reconnect_until_dropped(&cache, follow, Some(first_attempt)));
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot start the cache listener: reads go to the database");
+        .spawn(move || {
+            reconnect_until_stopped(&cache, follow, Some(first_attempt), &Stop(stopping));
+        });
+    match spawned {
+        Ok(thread) => (Some(Listener { stop, thread }), over),
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the cache listener: reads go to the database");
+            (None, over)
+        }
     }
-    over
 }
 
-/// Runs `follow` again after each failure, until the cache is dropped.
-fn reconnect_until_dropped(cache: &Weak<ReadCache>, follow: Follow, mut first: FirstAttempt) {
+/// Runs `follow` again after each failure, until stopped or the cache is dropped.
+fn reconnect_until_stopped(
+    cache: &Weak<ReadCache>,
+    follow: Follow,
+    mut first: FirstAttempt,
+    stop: &Stop,
+) {
     let mut backoff = POLL;
     loop {
         let started = Instant::now();
-        let result = follow(cache, &mut first);
+        let result = follow(cache, &mut first, stop);
         // A failed first attempt is over too.
         first = None;
         let error = match result {
@@ -73,16 +119,20 @@ fn reconnect_until_dropped(cache: &Weak<ReadCache>, follow: Follow, mut first: F
         if started.elapsed() > MAX_BACKOFF {
             backoff = POLL;
         }
-        std::thread::sleep(backoff);
+        drop(cache);
+        if stop.wait(backoff) {
+            return;
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// LISTENs for the triggers' notifications. `Ok` when the cache is gone.
+/// LISTENs for the triggers' notifications. `Ok` when stopped or the cache is gone.
 fn follow_postgres(
     url: &str,
     cache: &Weak<ReadCache>,
     first: &mut FirstAttempt,
+    stop: &Stop,
 ) -> Result<(), String> {
     let mut conn = PgConnection::establish(url).map_err(|e| e.to_string())?;
     conn.batch_execute(&format!(
@@ -95,7 +145,9 @@ fn follow_postgres(
         return Ok(());
     }
     loop {
-        std::thread::sleep(POLL);
+        if stop.wait(POLL) {
+            return Ok(());
+        }
         let heartbeat = checked_at.elapsed() >= HEARTBEAT;
         let asked_at = Instant::now();
         if heartbeat {
@@ -150,6 +202,7 @@ fn follow_sqlite(
     path: &Path,
     cache: &Weak<ReadCache>,
     first: &mut FirstAttempt,
+    stop: &Stop,
 ) -> Result<(), String> {
     let mut conn =
         SqliteConnection::establish(&path.to_string_lossy()).map_err(|e| e.to_string())?;
@@ -158,7 +211,9 @@ fn follow_sqlite(
         return Ok(());
     }
     loop {
-        std::thread::sleep(POLL);
+        if stop.wait(POLL) {
+            return Ok(());
+        }
         let asked_at = Instant::now();
         let version = generation(&mut conn)?;
         let Some(cache) = cache.upgrade() else {

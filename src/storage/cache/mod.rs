@@ -18,8 +18,8 @@ mod listener;
 
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use quick_cache::sync::Cache;
@@ -46,6 +46,8 @@ pub struct ReadCache {
     /// has connected.
     trusted_until: AtomicU64,
     started: Instant,
+    /// The thread following other writers, until [`ReadCache::stop_following`].
+    listener: Mutex<Option<listener::Listener>>,
 }
 
 impl ReadCache {
@@ -61,6 +63,7 @@ impl ReadCache {
             epoch: AtomicU64::new(0),
             trusted_until: AtomicU64::new(0),
             started: Instant::now(),
+            listener: Mutex::new(None),
         };
         if *url == DatabaseUrl::SqliteMemory {
             cache.trusted_until.store(u64::MAX, SeqCst);
@@ -70,10 +73,26 @@ impl ReadCache {
 
     /// Starts the thread that tells this cache about other writers' changes, and waits until its
     /// first connection attempt is over (so a replica reporting SERVING uses its cache). The
-    /// thread ends by itself once the cache is dropped.
+    /// thread runs until [`ReadCache::stop_following`] (or until the cache is dropped).
     pub async fn follow(self: &Arc<Self>, url: &DatabaseUrl) {
+        let (listener, first_attempt) = listener::spawn(url, Arc::downgrade(self));
+        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = listener;
         // An error only means the thread could not start: the cache then stays untrusted.
-        let _ = listener::spawn(url, Arc::downgrade(self)).await;
+        let _ = first_attempt.await;
+    }
+
+    /// Stops the listener thread and waits until it has closed its connection (blocking: call
+    /// it off the runtime's threads). The cache is no longer trusted afterwards.
+    pub fn stop_following(&self) {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(listener) = listener {
+            listener.stop();
+            self.distrust();
+        }
     }
 
     /// The cached value, or `load`'s, kept for the next caller unless something was evicted
