@@ -44,7 +44,9 @@ use crate::service::directory::DirectoryService;
 use crate::service::dispatcher::{Dispatcher, run_every};
 use crate::service::domain_settings::DomainSettingsService;
 use crate::service::identity::Identities;
-use crate::service::inbox_connections::{CheckSchedule, InboxConnectionService, Options};
+use crate::service::inbox_connections::{
+    CheckSchedule, CodeMailer, InboxConnectionService, Options, RelayMailer,
+};
 use crate::service::monitor::{Monitor, MonitorOptions};
 use crate::storage::Database;
 use crate::tokens::TokenKeys;
@@ -75,7 +77,7 @@ pub struct Application {
     /// `None` without a configured (or, on the embedded default, created) encryption key.
     credential_keys: Option<Keyring>,
     /// `None` without `MAILCONNECT_SMTP_RELAY_URL`: notifications are then only listed.
-    relay: Option<SmtpRelay>,
+    relay: Option<Arc<SmtpRelay>>,
 }
 
 impl Application {
@@ -92,7 +94,7 @@ impl Application {
             .inbox
             .smtp_relay_url
             .as_ref()
-            .map(|url| SmtpRelay::new(url, &settings.inbox.notification_from))
+            .map(|url| SmtpRelay::new(url, &settings.inbox.notification_from).map(Arc::new))
             .transpose()?;
         let database = Database::new(url, settings.database.db_max_connections)?
             .with_read_cache(settings.cache_entries);
@@ -218,6 +220,13 @@ impl Application {
                 schedule: CheckSchedule {
                     interval: inbox_settings.connection_check_interval,
                 },
+                hosted: inbox_settings.hosted_domains(),
+                mailer: self.relay.clone().map(|relay| {
+                    Arc::new(RelayMailer {
+                        domain: relay.from_domain(),
+                        relay,
+                    }) as Arc<dyn CodeMailer>
+                }),
             },
         )));
         let (workers_stop_tx, workers_stop) = watch::channel(false);

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::domain::channel::HostedDomains;
 use crate::domain::directory::DataCenterId;
+use crate::domain::domain_name::DomainName;
 use crate::domain::inbox::InboxLimits;
 use crate::domain::sealing::Keyring;
 use crate::domain::secret::Secret;
@@ -248,6 +250,15 @@ pub struct InboxSettings {
         default_value = "mailconnect <noreply@mailconnect.invalid>"
     )]
     pub notification_from: String,
+    /// The hosted mail domain of paid tiers' forwarding addresses
+    /// (`{local part}@{account subdomain}.{domain}`), e.g. `hs-inbox.example`; its MX must be the
+    /// platform's inbound mail servers. Without it, PROVIDER_HOSTED is refused for paid tiers
+    /// (HOSTED_MAIL_NOT_CONFIGURED).
+    #[arg(long, env = "MAILCONNECT_HOSTED_DOMAIN", value_parser = parse_hosted_domain)]
+    pub hosted_domain: Option<DomainName>,
+    /// The hosted mail domain of the free tier, e.g. `free-inbox.example`.
+    #[arg(long, env = "MAILCONNECT_HOSTED_DOMAIN_FREE", value_parser = parse_hosted_domain)]
+    pub hosted_domain_free: Option<DomainName>,
     #[command(flatten)]
     pub google: GoogleOAuth,
     #[command(flatten)]
@@ -302,7 +313,19 @@ pub struct MicrosoftOAuth {
 /// Name of the embedded default's key file in the data directory.
 const DEV_KEYS_FILE: &str = "encryption-keys";
 
+fn parse_hosted_domain(raw: &str) -> Result<DomainName, String> {
+    DomainName::parse("hosted domain", raw).map_err(|violation| violation.description)
+}
+
 impl InboxSettings {
+    /// The hosted mail domains, by tier.
+    pub fn hosted_domains(&self) -> HostedDomains {
+        HostedDomains {
+            paid: self.hosted_domain.clone(),
+            free: self.hosted_domain_free.clone(),
+        }
+    }
+
     /// The keys that seal credentials: the configured ones; on the embedded SQLite default, a
     /// key created once in the data directory; on Postgres without keys, none.
     pub fn keyring(

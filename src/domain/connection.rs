@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use super::channel::ChannelSettings;
 use super::domain_settings::{Choice, ExchangeScope, ServerSettings, etag_of};
 use super::email::EmailAddress;
 use super::{FieldViolation, Violations};
@@ -325,6 +326,8 @@ pub struct Connection {
     pub update_time: SystemTime,
     pub state_change_time: SystemTime,
     pub health: Health,
+    /// The channel of a team connection; `None` for personal connections.
+    pub channel: Option<ChannelSettings>,
 }
 
 const CONNECTION_PREFIX: &str = "connections/";

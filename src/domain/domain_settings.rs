@@ -10,8 +10,9 @@ use super::{FieldViolation, Violations};
 const MAX_URL: usize = 2048;
 
 /// A proto enum value as the caller sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Choice<T> {
+    #[default]
     Unspecified,
     Value(T),
     /// A number that is not a value of the enum.

@@ -272,6 +272,7 @@ mod tests {
             update_time: now,
             state_change_time: now,
             health: Health::default(),
+            channel: None,
         }
     }
 

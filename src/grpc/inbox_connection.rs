@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
 use super::auth::principal;
+use super::channel::{channel_input, channel_to_proto};
 use super::domain_settings::{exchange_to_proto, imap_to_proto, probe_context, server_input};
 use super::probe_report::report_to_proto;
 use super::proto;
@@ -165,33 +166,11 @@ fn servers_to_proto(servers: ConnectionServers) -> proto::ServerSettings {
     message
 }
 
-/// The channel of a team connection reached through its own provider: live from the start,
-/// with the default sender settings (they become writable with the hosted-channel methods).
-fn default_channel(connection: &Connection) -> proto::ChannelSettings {
-    proto::ChannelSettings {
-        sender_name: Some(proto::SenderName {
-            format: proto::SenderNameFormat::AgentName.into(),
-            company_name: String::new(),
-        }),
-        from_address: Some(proto::FromAddress {
-            kind: proto::FromAddressKind::Default.into(),
-            custom_address: String::new(),
-            verification_state: proto::VerificationState::Unspecified.into(),
-            effective_address: connection.email.as_str().to_owned(),
-        }),
-        routing: Some(proto::Routing {
-            mode: proto::RoutingMode::Unassigned.into(),
-            ..Default::default()
-        }),
-        tickets: Some(proto::TicketRule::default()),
-        forwarding_address: String::new(),
-        state: proto::ChannelState::Live.into(),
-    }
-}
-
 fn connection_to_proto(connection: Connection) -> proto::Connection {
-    let channel_settings =
-        (connection.kind == ConnectionKind::Team).then(|| default_channel(&connection));
+    let channel_settings = connection
+        .channel
+        .as_ref()
+        .map(|channel| channel_to_proto(&connection, channel));
     let (name, etag) = (connection.name(), connection.etag());
     let health = connection.health;
     proto::Connection {
@@ -435,7 +414,7 @@ where
                     servers: servers_input(request.servers),
                     usages: usages_input(&request.usages),
                     inbox: "",
-                    has_channel_settings: false,
+                    channel_settings: None,
                     validate_only: request.validate_only,
                     request_id: &request.request_id,
                 },
@@ -458,7 +437,7 @@ where
     ) -> Result<Response<proto::ConnectTeamEmailResponse>, Status> {
         let principal = principal(&request)?;
         let context = probe_context(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let mut connected = self
             .service
             .connect_team(
@@ -470,7 +449,7 @@ where
                     servers: servers_input(request.servers),
                     usages: Vec::new(),
                     inbox: &request.inbox,
-                    has_channel_settings: request.channel_settings.is_some(),
+                    channel_settings: request.channel_settings.take().map(channel_input),
                     validate_only: request.validate_only,
                     request_id: &request.request_id,
                 },
@@ -617,44 +596,115 @@ where
 
     async fn update_channel_settings(
         &self,
-        _request: Request<proto::UpdateChannelSettingsRequest>,
+        request: Request<proto::UpdateChannelSettingsRequest>,
     ) -> Result<Response<proto::UpdateChannelSettingsResponse>, Status> {
-        Err(not_yet("UpdateChannelSettings"))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mask = request
+            .update_mask
+            .map(|mask| mask.paths)
+            .unwrap_or_default();
+        let connection = self
+            .service
+            .update_channel_settings(
+                &principal,
+                &request.name,
+                channel_input(request.channel_settings.unwrap_or_default()),
+                &mask,
+                &request.etag,
+            )
+            .await?;
+        Ok(Response::new(proto::UpdateChannelSettingsResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn preview_sender(
         &self,
-        _request: Request<proto::PreviewSenderRequest>,
+        request: Request<proto::PreviewSenderRequest>,
     ) -> Result<Response<proto::PreviewSenderResponse>, Status> {
-        Err(not_yet("PreviewSender"))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let preview = self
+            .service
+            .preview_sender(
+                &principal,
+                &request.name,
+                request.channel_settings.map(channel_input),
+                &request.agent_name,
+            )
+            .await?;
+        Ok(Response::new(proto::PreviewSenderResponse {
+            display_name: preview.display_name,
+            email_address: preview.email_address,
+            from_header: preview.from_header,
+        }))
     }
 
     async fn customize_forwarding_address(
         &self,
-        _request: Request<proto::CustomizeForwardingAddressRequest>,
+        request: Request<proto::CustomizeForwardingAddressRequest>,
     ) -> Result<Response<proto::CustomizeForwardingAddressResponse>, Status> {
-        Err(not_yet("CustomizeForwardingAddress"))
+        let principal = principal(&request)?;
+        let request = request.get_ref();
+        let connection = self
+            .service
+            .customize_forwarding_address(
+                &principal,
+                &request.name,
+                &request.local_part,
+                &request.etag,
+            )
+            .await?;
+        Ok(Response::new(proto::CustomizeForwardingAddressResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn start_address_verification(
         &self,
-        _request: Request<proto::StartAddressVerificationRequest>,
+        request: Request<proto::StartAddressVerificationRequest>,
     ) -> Result<Response<proto::StartAddressVerificationResponse>, Status> {
-        Err(not_yet("StartAddressVerification"))
+        let principal = principal(&request)?;
+        let started = self
+            .service
+            .start_address_verification(&principal, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(proto::StartAddressVerificationResponse {
+            connection: Some(connection_to_proto(started.connection)),
+            sent_to: started.sent_to,
+            expire_time: started.expire_time.map(Into::into),
+        }))
     }
 
     async fn verify_address(
         &self,
-        _request: Request<proto::VerifyAddressRequest>,
+        request: Request<proto::VerifyAddressRequest>,
     ) -> Result<Response<proto::VerifyAddressResponse>, Status> {
-        Err(not_yet("VerifyAddress"))
+        let principal = principal(&request)?;
+        let request = request.get_ref();
+        let connection = self
+            .service
+            .verify_address(&principal, &request.name, &request.code)
+            .await?;
+        Ok(Response::new(proto::VerifyAddressResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn complete_setup(
         &self,
-        _request: Request<proto::CompleteSetupRequest>,
+        request: Request<proto::CompleteSetupRequest>,
     ) -> Result<Response<proto::CompleteSetupResponse>, Status> {
-        Err(not_yet("CompleteSetup"))
+        let principal = principal(&request)?;
+        let request = request.get_ref();
+        let connection = self
+            .service
+            .complete_setup(&principal, &request.name, &request.etag)
+            .await?;
+        Ok(Response::new(proto::CompleteSetupResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn route_inbound_email(

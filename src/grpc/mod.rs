@@ -3,6 +3,7 @@
 
 mod allowlist;
 pub mod auth;
+mod channel;
 mod codec;
 mod directory;
 mod domain_settings;

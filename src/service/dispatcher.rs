@@ -44,6 +44,12 @@ pub trait MailRelay: Send + Sync + 'static {
     fn send(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), RelayError>> + Send;
 }
 
+impl<M: MailRelay> MailRelay for Arc<M> {
+    fn send(&self, mail: OutgoingMail) -> impl Future<Output = Result<(), RelayError>> + Send {
+        (**self).send(mail)
+    }
+}
+
 pub trait OutboxStore: Send + Sync + 'static {
     /// Leases up to `limit` notifications due at `now` (with an address to mail) until
     /// `lease_until`, counting the attempt; another replica then skips them.

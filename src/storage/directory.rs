@@ -88,7 +88,10 @@ impl UserRow {
     }
 }
 
-fn load_account(conn: &mut DbConnection, id: i64) -> Result<Option<Account>, StoreError> {
+pub(super) fn load_account(
+    conn: &mut DbConnection,
+    id: i64,
+) -> Result<Option<Account>, StoreError> {
     let Some(row) = accounts::table
         .find(id)
         .select(AccountRow::as_select())
@@ -145,6 +148,44 @@ fn load_team_members(
         .order((team_members::team_id, team_members::user_id))
         .select((team_members::team_id, team_members::user_id))
         .load(conn)?)
+}
+
+/// Teams with their members.
+fn with_members(
+    conn: &mut DbConnection,
+    account_id: i64,
+    rows: Vec<TeamRow>,
+) -> Result<Vec<Team>, StoreError> {
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let members = load_team_members(conn, account_id, &ids)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Team {
+            member_user_ids: members
+                .iter()
+                .filter(|(team_id, _)| *team_id == row.id)
+                .map(|&(_, user_id)| user_id)
+                .collect(),
+            account_id: row.account_id,
+            id: row.id,
+            name: row.name,
+        })
+        .collect())
+}
+
+/// The teams of the account among `ids`, with their members.
+pub(super) fn load_teams(
+    conn: &mut DbConnection,
+    account_id: i64,
+    ids: &[i64],
+) -> Result<Vec<Team>, StoreError> {
+    let rows: Vec<TeamRow> = teams::table
+        .filter(teams::account_id.eq(account_id))
+        .filter(teams::id.eq_any(ids))
+        .order(teams::id)
+        .select(TeamRow::as_select())
+        .load(conn)?;
+    with_members(conn, account_id, rows)
 }
 
 impl DirectoryStore for Database {
@@ -335,21 +376,7 @@ impl DirectoryStore for Database {
                 .limit(i64::try_from(limit).unwrap_or(i64::MAX))
                 .select(TeamRow::as_select())
                 .load(conn)?;
-            let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-            let members = load_team_members(conn, account_id, &ids)?;
-            Ok(rows
-                .into_iter()
-                .map(|row| Team {
-                    member_user_ids: members
-                        .iter()
-                        .filter(|(team_id, _)| *team_id == row.id)
-                        .map(|&(_, user_id)| user_id)
-                        .collect(),
-                    account_id: row.account_id,
-                    id: row.id,
-                    name: row.name,
-                })
-                .collect())
+            with_members(conn, account_id, rows)
         })
         .await
     }

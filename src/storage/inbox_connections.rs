@@ -7,24 +7,28 @@ use std::time::SystemTime;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::directory::{load_user, load_users};
+use super::channels;
+use super::directory::{load_account, load_teams, load_user, load_users};
 use super::domain_settings::SettingsJson;
 use super::notifications::write_notifications;
 use super::schema::{accounts, connection_credentials, connections, inbox_requests, inboxes};
+use super::verifications;
 use super::{Database, DbConnection, StoreError, exclusive, from_micros, to_micros};
+use crate::domain::channel::ChannelSettings;
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionServers, ConnectionState, DisconnectReason, Health,
     Provider, ServerSource, Usage, address_key,
 };
 use crate::domain::credentials::SealedCredentials;
-use crate::domain::directory::{Tier, User};
+use crate::domain::directory::{Account, Tier, User};
 use crate::domain::email::EmailAddress;
 use crate::domain::inbox::Inbox;
 use crate::domain::notification::{Event, Notification};
 use crate::service::domain_settings::WriteOutcome;
 use crate::service::inbox_connections::store::{
-    ConnectionChange, ConnectionFilter, ConnectionInsert, ConnectionInsertOutcome,
-    InboxConnectionStore, InboxDelete, InboxInsert, RequestRecord, StoredRequest, TimeKey,
+    AttemptOutcome, CodeStart, CodeStartOutcome, ConnectionChange, ConnectionFilter,
+    ConnectionInsert, ConnectionInsertOutcome, InboxConnectionStore, InboxDelete, InboxInsert,
+    RequestRecord, RoutingDirectory, StoredRequest, TimeKey,
 };
 use crate::service::key_rotation::{CredentialStore, StoredCredentials};
 use crate::service::monitor::MonitorStore;
@@ -139,6 +143,7 @@ struct ConnectionRow {
     first_failure_time: Option<i64>,
     last_error: String,
     next_check_time: Option<i64>,
+    forwarding_address: Option<String>,
 }
 
 fn usages_text(usages: &[Usage]) -> String {
@@ -166,7 +171,11 @@ impl ConnectionRow {
             holds_address: connection.holds_address,
             usages: usages_text(&connection.usages),
             servers: connection.servers.as_ref().map(ServersJson::encode),
-            channel_settings: None,
+            channel_settings: connection.channel.as_ref().map(channels::encode),
+            forwarding_address: connection
+                .channel
+                .as_ref()
+                .and_then(|channel| channel.forwarding_address.clone()),
             version: connection.version,
             create_time: to_micros(connection.create_time),
             update_time: to_micros(connection.update_time),
@@ -187,12 +196,19 @@ impl ConnectionRow {
             .filter(|name| !name.is_empty())
             .map(|name| Usage::from_db(name).ok_or_else(|| corrupt("usage")))
             .collect::<Result<_, _>>()?;
+        let kind = ConnectionKind::from_db(&self.kind).ok_or_else(|| corrupt("kind"))?;
+        // Team connections stored before channels were settable have the defaults.
+        let channel = match (&self.channel_settings, kind) {
+            (Some(text), _) => Some(channels::decode(text, self.forwarding_address)?),
+            (None, ConnectionKind::Team) => Some(ChannelSettings::live()),
+            (None, ConnectionKind::Personal) => None,
+        };
         Ok(Connection {
             id: self.id,
             account_id: self.account_id,
             email: EmailAddress::parse("email_address", &self.email_address)
                 .map_err(|_| corrupt("address"))?,
-            kind: ConnectionKind::from_db(&self.kind).ok_or_else(|| corrupt("kind"))?,
+            kind,
             provider: Provider::from_db(&self.provider).ok_or_else(|| corrupt("provider"))?,
             owner_user_id: self.owner_user_id,
             inbox_id: self.inbox_id,
@@ -219,6 +235,7 @@ impl ConnectionRow {
                 first_failure_time: self.first_failure_time.map(from_micros),
                 last_error: self.last_error,
             },
+            channel,
         })
     }
 }
@@ -370,6 +387,7 @@ fn delete_row(
     now: i64,
 ) -> Result<(), StoreError> {
     diesel::delete(connection_credentials::table.find(connection.id)).execute(conn)?;
+    verifications::delete_code(conn, connection.id)?;
     diesel::delete(connections::table.find(connection.id)).execute(conn)?;
     if connection.kind == ConnectionKind::Team {
         write_notifications(conn, connection, Event::Deleted, actor_user_id, now)?;
@@ -452,6 +470,22 @@ pub(super) fn user_deleted(
     Ok(())
 }
 
+/// Whether another connection has the forwarding address of `connection`'s channel.
+fn forwarding_taken(conn: &mut DbConnection, connection: &Connection) -> Result<bool, StoreError> {
+    let Some(address) = connection
+        .channel
+        .as_ref()
+        .and_then(|channel| channel.forwarding_address.clone())
+    else {
+        return Ok(false);
+    };
+    Ok(connections::table
+        .filter(connections::forwarding_address.eq(address))
+        .count()
+        .get_result::<i64>(conn)?
+        > 0)
+}
+
 /// Inserts a connection (and what comes with it) in one transaction.
 fn insert_connection_rows(
     conn: &mut DbConnection,
@@ -517,6 +551,29 @@ impl InboxConnectionStore for Database {
                         .ok_or_else(|| StoreError::Internal(format!("stored tier {tier:?}")))
                 })
                 .transpose()
+        })
+        .await
+    }
+
+    async fn directory_account(&self, account_id: i64) -> Result<Option<Account>, StoreError> {
+        self.run(move |conn| load_account(conn, account_id)).await
+    }
+
+    async fn routing_directory(
+        &self,
+        account_id: i64,
+        user_ids: Vec<i64>,
+        team_ids: Vec<i64>,
+    ) -> Result<RoutingDirectory, StoreError> {
+        self.run(move |conn| {
+            let teams = load_teams(conn, account_id, &team_ids)?;
+            let mut wanted = user_ids;
+            wanted.extend(teams.iter().flat_map(|team| team.member_user_ids.clone()));
+            let users = load_users(conn, account_id)?
+                .into_iter()
+                .filter(|user| wanted.contains(&user.id))
+                .collect();
+            Ok(RoutingDirectory { users, teams })
         })
         .await
     }
@@ -749,6 +806,9 @@ impl InboxConnectionStore for Database {
                 }
                 match load_holder(conn, account_id, &address_key(&insert.connection.email))? {
                     Some(holder) => Ok(ConnectionInsertOutcome::Held(holder)),
+                    None if forwarding_taken(conn, &insert.connection)? => {
+                        Ok(ConnectionInsertOutcome::ForwardingTaken)
+                    }
                     // The holder went away between the insert and this read.
                     None => Err(StoreError::Contention("the address changed hands".into())),
                 }
@@ -882,6 +942,47 @@ impl InboxConnectionStore for Database {
         .await
     }
 
+    async fn start_verification(&self, start: CodeStart) -> Result<CodeStartOutcome, StoreError> {
+        self.run(move |conn| {
+            exclusive(conn, |conn| {
+                let Some(current) = load_connection(conn, start.account_id, start.connection_id)?
+                else {
+                    return Ok(CodeStartOutcome::NotFound);
+                };
+                if current.version != start.expected_version {
+                    return Ok(CodeStartOutcome::Stale);
+                }
+                if let Err(oldest) = verifications::record_code(conn, &start)? {
+                    return Ok(CodeStartOutcome::RateLimited { oldest });
+                }
+                let now = to_micros(start.now);
+                apply_change(
+                    conn,
+                    &current,
+                    ConnectionChange::SetChannel(start.channel),
+                    now,
+                )?;
+                let changed = load_connection(conn, start.account_id, start.connection_id)?
+                    .ok_or_else(|| StoreError::Internal("connection vanished".into()))?;
+                Ok(CodeStartOutcome::Started(Box::new(changed)))
+            })
+        })
+        .await
+    }
+
+    async fn claim_attempt(
+        &self,
+        account_id: i64,
+        connection_id: i64,
+        now: SystemTime,
+        max_attempts: i32,
+    ) -> Result<AttemptOutcome, StoreError> {
+        self.run(move |conn| {
+            verifications::claim_attempt(conn, account_id, connection_id, now, max_attempts)
+        })
+        .await
+    }
+
     async fn list_notifications(
         &self,
         account_id: i64,
@@ -968,6 +1069,20 @@ fn apply_change(
         }
         ConnectionChange::Disconnect { reason, health } => {
             disconnect(conn, current, reason, Some(&health), now)?;
+        }
+        ConnectionChange::AddressVerified(channel) => {
+            verifications::delete_code(conn, current.id)?;
+            apply_change(conn, current, ConnectionChange::SetChannel(channel), now)?;
+        }
+        ConnectionChange::SetChannel(channel) => {
+            diesel::update(row)
+                .set((
+                    connections::channel_settings.eq(channels::encode(&channel)),
+                    connections::forwarding_address.eq(channel.forwarding_address.clone()),
+                    connections::version.eq(next_version),
+                    connections::update_time.eq(now),
+                ))
+                .execute(conn)?;
         }
     }
     Ok(())

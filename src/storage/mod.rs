@@ -5,6 +5,7 @@
 
 pub mod allowlist;
 mod cache;
+mod channels;
 pub mod directory;
 pub mod domain_settings;
 pub mod inbox_connections;
@@ -14,6 +15,7 @@ pub mod schema;
 mod url;
 #[cfg(test)]
 mod use_case_tests;
+mod verifications;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 

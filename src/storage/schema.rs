@@ -151,6 +151,7 @@ diesel::table! {
         first_failure_time -> Nullable<BigInt>,
         last_error -> Text,
         next_check_time -> Nullable<BigInt>,
+        forwarding_address -> Nullable<Text>,
     }
 }
 
@@ -204,6 +205,26 @@ diesel::table! {
 
 diesel::joinable!(connection_credentials -> connections (connection_id));
 
+diesel::table! {
+    address_verifications (connection_id) {
+        connection_id -> BigInt,
+        account_id -> BigInt,
+        address -> Text,
+        salt -> Binary,
+        code_hash -> Binary,
+        expire_time -> BigInt,
+        attempts -> Integer,
+    }
+}
+
+diesel::table! {
+    verification_sends (id) {
+        id -> BigInt,
+        address_key -> Text,
+        send_time -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     allowlist_data_centers,
     allowlist_ranges,
@@ -221,4 +242,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     connection_credentials,
     inbox_requests,
     notifications,
+    address_verifications,
+    verification_sends,
 );

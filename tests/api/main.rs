@@ -1,5 +1,6 @@
 //! The integration tests: the real server over real gRPC, on Postgres and on SQLite.
 
+mod address_verification;
 mod allowlist;
 mod attempted_domains;
 mod cli;
@@ -15,6 +16,7 @@ mod fuzz;
 mod grpcurl;
 mod hardening;
 mod harness;
+mod hosted_channels;
 mod identity;
 mod inbox_world;
 mod inboxes;

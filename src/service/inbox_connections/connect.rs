@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::domain::Violations;
+use crate::domain::channel::{ChannelInput, ParsedChannel};
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionServers, ConnectionState, DisconnectReason, Health,
     Provider, ServerSource, Usage, address_key, parse_connection_name, parse_inbox_name,
@@ -60,8 +61,8 @@ pub struct ConnectRequest<'a> {
     pub usages: Vec<Choice<Usage>>,
     /// `inboxes/{id}` for a team connection.
     pub inbox: &'a str,
-    /// Whether the caller sent channel settings (set later with UpdateChannelSettings).
-    pub has_channel_settings: bool,
+    /// Initial channel settings of a team connection (unset: the defaults).
+    pub channel_settings: Option<ChannelInput>,
     pub validate_only: bool,
     pub request_id: &'a str,
 }
@@ -76,7 +77,10 @@ pub struct Connected {
 struct Parsed {
     email: EmailAddress,
     provider: Provider,
-    credentials: Credentials,
+    /// `None` for HOSTED, which reaches no mailbox.
+    credentials: Option<Credentials>,
+    /// The channel settings of a team connection.
+    channel: Option<ParsedChannel>,
     servers: Option<ServerSettings>,
     usages: Option<Vec<Usage>>,
     inbox_id: Option<i64>,
@@ -99,10 +103,6 @@ fn parse_provider(
         Choice::Value(Provider::Hosted) if kind == ConnectionKind::Personal => Err((
             field,
             "PROVIDER_HOSTED is for team addresses only (ConnectTeamEmail)".to_owned(),
-        )),
-        Choice::Value(Provider::Hosted) => Err((
-            field,
-            "PROVIDER_HOSTED (a hosted forwarding address) is not available yet: connect the address with its own provider".to_owned(),
         )),
         Choice::Value(provider) => Ok(provider),
         _ => Err((
@@ -145,6 +145,13 @@ fn parse_servers(
                 exchange_url: url,
                 scopes: vec![ExchangeScope::Email, ExchangeScope::Calendar],
             }))
+        }
+        Provider::Hosted => {
+            violations.add(
+                "servers",
+                "must be unset for PROVIDER_HOSTED: no mailbox is reached, the team forwards its mail",
+            );
+            None
         }
         _ => {
             violations.add(
@@ -273,12 +280,20 @@ where
             ConnectionKind::Team => violations.check(parse_inbox_name("inbox", request.inbox)),
             ConnectionKind::Personal => None,
         };
-        if request.has_channel_settings {
-            violations.add(
-                "channel_settings",
-                "channel settings of a team connection are not supported yet: leave it unset (the defaults apply: agent name, the connected address, unassigned, no tickets)",
-            );
-        }
+        let channel = match (kind, request.channel_settings) {
+            (ConnectionKind::Team, input) => {
+                match input.unwrap_or_default().parse("channel_settings") {
+                    Ok(channel) => Some(channel),
+                    Err(found) => {
+                        found
+                            .into_iter()
+                            .for_each(|v| violations.add(v.field, v.description));
+                        None
+                    }
+                }
+            }
+            (ConnectionKind::Personal, _) => None,
+        };
         let servers = match (&request.servers, provider) {
             (Some(input), Some(provider)) => parse_servers(input, provider, &mut violations),
             _ => None,
@@ -286,10 +301,20 @@ where
         let request_id = conditions::request_id(request.request_id)?;
         let (email, provider) =
             violations.finish(|| (email.expect("checked"), provider.expect("checked")))?;
-        let credentials = request
-            .credentials
-            .parse("credentials", provider, &email)
-            .map_err(credentials_error)?;
+        let credentials = match (provider, request.credentials) {
+            (Provider::Hosted, CredentialsInput::Missing) => None,
+            (Provider::Hosted, _) => {
+                return Err(ServiceError::invalid(
+                    "credentials",
+                    "must be unset for PROVIDER_HOSTED: the service never logs in to a hosted channel's mailbox",
+                ));
+            }
+            (provider, input) => Some(
+                input
+                    .parse("credentials", provider, &email)
+                    .map_err(credentials_error)?,
+            ),
+        };
         let request = request_id.map(|request_id| RequestRecord {
             request_id,
             method: method(kind),
@@ -305,6 +330,7 @@ where
             email,
             provider,
             credentials,
+            channel,
             servers,
             usages,
             inbox_id,
@@ -352,16 +378,41 @@ where
             true => Some(self.servers(principal, &parsed).await?),
             false => None,
         };
-        let keys = self.keys()?;
-        let proof = self
-            .prove(
-                account_id,
-                &parsed.credentials,
-                parsed.provider,
-                servers.as_ref(),
-                context,
-            )
-            .await?;
+        let channel = match &parsed.channel {
+            Some(channel) => {
+                self.check_routing(account_id, &channel.routing).await?;
+                Some(
+                    channel.clone().apply_to(
+                        &self
+                            .new_channel(account_id, parsed.provider, &parsed.email)
+                            .await?,
+                    ),
+                )
+            }
+            None => None,
+        };
+        let (proof, sealed) = match &parsed.credentials {
+            Some(credentials) => {
+                let keys = self.keys()?;
+                let proof = self
+                    .prove(
+                        account_id,
+                        credentials,
+                        parsed.provider,
+                        servers.as_ref(),
+                        context,
+                    )
+                    .await?;
+                (proof, Some((credentials, keys)))
+            }
+            None => (
+                Proof {
+                    reports: Vec::new(),
+                    proved: false,
+                },
+                None,
+            ),
+        };
         let now = self.clock.now();
         let usages = match (&parsed.usages, &servers) {
             (Some(usages), _) => usages.clone(),
@@ -395,6 +446,7 @@ where
             update_time: now,
             state_change_time: now,
             health: health_after(&proof, now),
+            channel,
         };
         let reports = proof.reports;
         if validate_only {
@@ -403,10 +455,11 @@ where
                 reports,
             });
         }
-        let sealed = parsed.credentials.seal(keys, account_id, connection.id);
         let insert = ConnectionInsert {
-            next_check_time: Some(now + self.schedule.interval),
-            credentials: Some(sealed),
+            // The monitor checks mailboxes it logs in to; a hosted channel has none.
+            next_check_time: sealed.is_some().then(|| now + self.schedule.interval),
+            credentials: sealed
+                .map(|(credentials, keys)| credentials.seal(keys, account_id, connection.id)),
             replaces: replaces.flatten(),
             request: parsed.request.clone(),
             connection,
@@ -440,6 +493,14 @@ where
                 let request = parsed.request.expect("only a request id replays");
                 self.replayed(account_id, &request, first).await
             }
+            // A generated forwarding address another channel has: 36^6 suffixes make this
+            // rare enough that asking the caller to retry is the honest answer.
+            ConnectionInsertOutcome::ForwardingTaken => Err(ServiceError::Aborted {
+                reason: "CONCURRENT_CHANGE",
+                message:
+                    "the generated forwarding address was just taken by another channel: retry"
+                        .to_owned(),
+            }),
         }
     }
 

@@ -32,7 +32,7 @@ pub struct ListFilter<'a> {
 }
 
 /// A name and an optional etag, checked together.
-fn name_and_version(name: &str, etag: &str) -> Result<(i64, Option<i64>), ServiceError> {
+pub(super) fn name_and_version(name: &str, etag: &str) -> Result<(i64, Option<i64>), ServiceError> {
     let mut violations = Violations::new();
     let id = violations.check(parse_connection_name("name", name));
     let expected = conditions::expected_version("etag", etag);
@@ -40,7 +40,7 @@ fn name_and_version(name: &str, etag: &str) -> Result<(i64, Option<i64>), Servic
     Ok((id, expected?))
 }
 
-fn outcome(
+pub(super) fn outcome(
     result: WriteOutcome<Connection>,
     id: i64,
     name: &str,

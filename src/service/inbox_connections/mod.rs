@@ -2,15 +2,18 @@
 //! conversations inboxes, personal and team mailboxes, their sealed credentials, their
 //! lifecycle, and the notifications it writes.
 
+mod channels;
 mod connect;
 mod inboxes;
 mod manage;
 pub mod store;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::domain::channel::HostedDomains;
 use crate::domain::connection::{Connection, ConnectionKind, connection_name, inbox_name};
 use crate::domain::domain_name::DomainName;
 use crate::domain::inbox::InboxLimits;
@@ -24,9 +27,11 @@ use super::domain_settings::{DomainSettingsService, DomainSettingsStore, Resolut
 use super::probing::Prober;
 use store::{InboxConnectionStore, StoredRequest};
 
+pub use channels::{SenderPreview, default_address};
 pub use connect::{ConnectRequest, Connected, ServersInput};
 pub use manage::ListFilter;
 pub use store::{ConnectionFilter, TimeKey};
+pub use verify::{CodeMailer, RelayMailer, VERIFICATION_ID_PREFIX, VerificationStarted};
 
 /// What the connect use cases need from domain settings: the servers a user's address resolves
 /// to, as ResolveConnectionSettings finds them (recording an attempt when nothing is found).
@@ -86,6 +91,9 @@ pub struct InboxConnectionService<S, P, O, R> {
     keys: Option<Keyring>,
     limits: InboxLimits,
     schedule: CheckSchedule,
+    hosted: HostedDomains,
+    /// The relay verification codes go through; `None` without one.
+    mailer: Option<Arc<dyn CodeMailer>>,
 }
 
 /// The knobs of the service, from configuration.
@@ -93,6 +101,8 @@ pub struct Options {
     pub keys: Option<Keyring>,
     pub limits: InboxLimits,
     pub schedule: CheckSchedule,
+    pub hosted: HostedDomains,
+    pub mailer: Option<Arc<dyn CodeMailer>>,
 }
 
 const ADMINS: &[Role] = &[Role::SuperAdmin, Role::AccountAccess];
@@ -260,6 +270,8 @@ where
             keys: options.keys,
             limits: options.limits,
             schedule: options.schedule,
+            hosted: options.hosted,
+            mailer: options.mailer,
         }
     }
 

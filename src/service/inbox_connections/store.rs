@@ -4,11 +4,12 @@
 use std::future::Future;
 use std::time::SystemTime;
 
+use crate::domain::channel::ChannelSettings;
 use crate::domain::connection::{
     Connection, ConnectionKind, ConnectionState, DisconnectReason, Health, Usage,
 };
 use crate::domain::credentials::SealedCredentials;
-use crate::domain::directory::{Tier, User};
+use crate::domain::directory::{Account, Team, Tier, User};
 use crate::domain::inbox::Inbox;
 use crate::domain::notification::Notification;
 use crate::service::StoreError;
@@ -72,6 +73,16 @@ pub enum ConnectionInsertOutcome {
     /// The connection to replace changed or went away meanwhile.
     ReplacedChanged,
     Replayed(StoredRequest),
+    /// Another channel (of any account) has the forwarding address.
+    ForwardingTaken,
+}
+
+/// The directory entries a channel's routing names: the listed teams, and the listed users
+/// with every member of those teams (deleted or not).
+#[derive(Debug, Clone, Default)]
+pub struct RoutingDirectory {
+    pub users: Vec<User>,
+    pub teams: Vec<Team>,
 }
 
 /// A change to one connection.
@@ -91,11 +102,61 @@ pub enum ConnectionChange {
         health: Health,
         next_check_time: Option<SystemTime>,
     },
+    /// The channel with its custom from address verified; the pending code is deleted.
+    AddressVerified(ChannelSettings),
+    /// New channel settings (and forwarding address) of a team connection. A forwarding address
+    /// another connection holds makes the write fail with `StoreError::Conflict`.
+    SetChannel(ChannelSettings),
     /// DISCONNECTED by the service; notifies as the proto says.
     Disconnect {
         reason: DisconnectReason,
         health: Health,
     },
+}
+
+/// A verification code waiting for VerifyAddress (only its salted hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCode {
+    pub address: String,
+    pub salt: Vec<u8>,
+    pub code_hash: Vec<u8>,
+    pub expire_time: SystemTime,
+}
+
+/// A new code for a connection's custom address: sent unless the address had too many.
+pub struct CodeStart {
+    pub account_id: i64,
+    pub connection_id: i64,
+    pub expected_version: i64,
+    /// The channel with its custom address PENDING.
+    pub channel: ChannelSettings,
+    pub code: PendingCode,
+    /// The lower-cased address the rate limit counts by.
+    pub address_key: String,
+    pub now: SystemTime,
+    /// Codes sent since then count; `max_sends` of them refuse another.
+    pub window_start: SystemTime,
+    pub max_sends: i64,
+}
+
+pub enum CodeStartOutcome {
+    Started(Box<Connection>),
+    /// The address had `max_sends` codes in the window; the oldest of them was sent then.
+    RateLimited {
+        oldest: SystemTime,
+    },
+    Stale,
+    NotFound,
+}
+
+/// Whether a guess at a connection's code may be checked.
+pub enum AttemptOutcome {
+    /// No code was sent (or the connection is gone).
+    NotStarted,
+    /// The code expired or its attempts are used up.
+    Exhausted,
+    /// The attempt is counted; check the guess against this.
+    Claimed(PendingCode),
 }
 
 /// Which connections a list returns (filters combine with AND).
@@ -115,6 +176,16 @@ pub trait InboxConnectionStore: Send + Sync + 'static {
         &self,
         account_id: i64,
     ) -> impl Future<Output = Result<Option<Tier>, StoreError>> + Send;
+    fn directory_account(
+        &self,
+        account_id: i64,
+    ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
+    fn routing_directory(
+        &self,
+        account_id: i64,
+        user_ids: Vec<i64>,
+        team_ids: Vec<i64>,
+    ) -> impl Future<Output = Result<RoutingDirectory, StoreError>> + Send;
     fn directory_user(
         &self,
         account_id: i64,
@@ -214,6 +285,22 @@ pub trait InboxConnectionStore: Send + Sync + 'static {
         account_id: i64,
         id: i64,
     ) -> impl Future<Output = Result<Option<SealedCredentials>, StoreError>> + Send;
+
+    /// Stores a new code (replacing any earlier one) and the channel, counting the send
+    /// against the address's limit; all or nothing.
+    fn start_verification(
+        &self,
+        start: CodeStart,
+    ) -> impl Future<Output = Result<CodeStartOutcome, StoreError>> + Send;
+    /// Counts one attempt at the connection's code if it is still valid at `now` and has
+    /// attempts left (atomically, whichever replica guesses).
+    fn claim_attempt(
+        &self,
+        account_id: i64,
+        connection_id: i64,
+        now: SystemTime,
+        max_attempts: i32,
+    ) -> impl Future<Output = Result<AttemptOutcome, StoreError>> + Send;
 
     /// The user's notifications, newest first, before the id `before`, at most `limit`.
     fn list_notifications(

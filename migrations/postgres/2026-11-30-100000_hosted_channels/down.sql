@@ -1,0 +1,2 @@
+DROP INDEX connections_forwarding_address;
+ALTER TABLE connections DROP COLUMN forwarding_address;

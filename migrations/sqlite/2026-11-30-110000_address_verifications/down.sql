@@ -1,0 +1,2 @@
+DROP TABLE verification_sends;
+DROP TABLE address_verifications;
