@@ -324,7 +324,7 @@ fn render(
         }
     };
     for ((peak, accepted, [min, p50, max]), name) in listeners.iter().zip(["IMAPS", "submission"]) {
-        writeln!(out, "- {name} listener: at most {peak} connections held at once ({} the check concurrency of {CONCURRENCY}; every accept and close is counted), {accepted} accepted, each held {min:.2} / {p50:.2} / {max:.2} s (min / median / max, accept to the client's close)", verdict(*peak)).unwrap();
+        writeln!(out, "- {name} listener: at most {peak} connections held at once ({} the check concurrency of {CONCURRENCY}, as the load client sees accepts and closes: on a busy machine it may take a new connection before it reads an earlier one's close), {accepted} accepted, each held {min:.2} / {p50:.2} / {max:.2} s (min / median / max, accept to the client's close)", verdict(*peak)).unwrap();
     }
     let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
     writeln!(out, "- server RSS, sampled every second: {} MiB at the start, {} MiB half-way, {} MiB at the end, at most {} MiB (VmHWM {} MiB); server CPU {cpu:.2} s", mib(rss[0]), mib(rss[rss.len() / 2]), mib(rss[rss.len() - 1]), mib(rss.iter().copied().max().unwrap_or(0)), mib(peak_rss_kib)).unwrap();
