@@ -173,6 +173,11 @@ impl Context {
         (seq.wrapping_mul(2_654_435_761) % ACCOUNTS as u64) as i64 + 1
     }
 
+    /// The account of call `seq` among accounts 1..=100, which have full pages.
+    fn large_account(seq: u64) -> i64 {
+        (seq % LARGE_ACCOUNTS as u64) as i64 + 1
+    }
+
     fn authed<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
@@ -233,7 +238,7 @@ impl Context {
                     .await?;
             }
             Workload::ListDomainSettings => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let page = settings
                     .list_domain_settings(self.user(
                         account,
@@ -265,7 +270,7 @@ impl Context {
                     .await?;
             }
             Workload::GetConnection => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let name = format!(
                     "connections/{}",
                     connection_id(account, (seq / 7) as i64 % INBOX_CONNECTIONS)
@@ -280,7 +285,7 @@ impl Context {
                 }
             }
             Workload::ListConnections => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let page = InboxConnectionServiceClient::new(channel)
                     .list_connections(self.user(
                         account,
@@ -540,9 +545,12 @@ impl Database {
             Database::Postgres { .. } => {
                 BenchConnection::Pg(PgConnection::establish(&self.url()).unwrap())
             }
-            Database::Sqlite { path } => BenchConnection::Sqlite(
-                SqliteConnection::establish(path.to_str().unwrap()).unwrap(),
-            ),
+            Database::Sqlite { path } => {
+                let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+                // The server writes while the monitor step reads: wait for its lock, not fail.
+                conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+                BenchConnection::Sqlite(conn)
+            }
         }
     }
 }

@@ -183,9 +183,12 @@ pub async fn run_every<F, Fut>(
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A round longer than `poll` leaves the next tick ready at once: the stop must win, or a
+        // stopping process could start round after round (found by the monitor's benchmark).
         tokio::select! {
-            _ = ticks.tick() => {}
+            biased;
             _ = stopping.wait_for(|stop| *stop) => return,
+            _ = ticks.tick() => {}
         }
         if let Err(error) = round().await {
             tracing::warn!(%error, worker = what, "background round failed; retrying at the next tick");
@@ -320,6 +323,26 @@ mod tests {
         assert_eq!(dispatcher.run_once().await.unwrap(), 3);
         assert_eq!(*outbox.sent.lock().unwrap(), vec![1, 2, 3]);
         assert!(outbox.failed.lock().unwrap().is_empty());
+    }
+
+    /// Every time, the first round asks to stop and outlasts the poll, so the next tick is
+    /// ready together with the stop: no second round may start.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_long_round_starts_no_other_round() {
+        for _ in 0..64 {
+            let (stop_tx, stop) = watch::channel(false);
+            let rounds = std::sync::atomic::AtomicUsize::new(0);
+            run_every("test", Duration::from_secs(1), stop, || {
+                rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop_tx.send(true);
+                async {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok(0)
+                }
+            })
+            .await;
+            assert_eq!(rounds.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
     }
 
     #[test]
