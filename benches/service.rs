@@ -173,6 +173,11 @@ impl Context {
         (seq.wrapping_mul(2_654_435_761) % ACCOUNTS as u64) as i64 + 1
     }
 
+    /// The account of call `seq` among accounts 1..=100, which have full pages.
+    fn large_account(seq: u64) -> i64 {
+        (seq % LARGE_ACCOUNTS as u64) as i64 + 1
+    }
+
     fn authed<T>(token: &MetadataValue<Ascii>, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
@@ -233,7 +238,7 @@ impl Context {
                     .await?;
             }
             Workload::ListDomainSettings => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let page = settings
                     .list_domain_settings(self.user(
                         account,
@@ -265,7 +270,7 @@ impl Context {
                     .await?;
             }
             Workload::GetConnection => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let name = format!(
                     "connections/{}",
                     connection_id(account, (seq / 7) as i64 % INBOX_CONNECTIONS)
@@ -280,7 +285,7 @@ impl Context {
                 }
             }
             Workload::ListConnections => {
-                let account = (seq % LARGE_ACCOUNTS as u64) as i64 + 1;
+                let account = Self::large_account(seq);
                 let page = InboxConnectionServiceClient::new(channel)
                     .list_connections(self.user(
                         account,
@@ -540,9 +545,12 @@ impl Database {
             Database::Postgres { .. } => {
                 BenchConnection::Pg(PgConnection::establish(&self.url()).unwrap())
             }
-            Database::Sqlite { path } => BenchConnection::Sqlite(
-                SqliteConnection::establish(path.to_str().unwrap()).unwrap(),
-            ),
+            Database::Sqlite { path } => {
+                let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+                // The server writes while the monitor step reads: wait for its lock, not fail.
+                conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+                BenchConnection::Sqlite(conn)
+            }
         }
     }
 }
@@ -816,7 +824,7 @@ async fn start_server(
     binary: &Path,
     database_url: &str,
     dir: &Path,
-    (imaps, smtp): (u16, u16),
+    mail_ports: Option<(u16, u16)>,
     settings: &[(&str, String)],
 ) -> (Server, Duration) {
     let port = free_port();
@@ -829,7 +837,9 @@ async fn start_server(
         .env("MAILCONNECT_PROBE_RATE_PER_MINUTE", "1000000")
         .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("server.err")).unwrap());
-    command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
+    if let Some((imaps, smtp)) = mail_ports {
+        command.env("MAILCONNECT_PROBE_ALLOWED_PORTS", format!("{imaps},{smtp}"));
+    }
     let started = Instant::now();
     let server = Server {
         child: command.spawn().expect("start mailconnect serve"),
@@ -1270,7 +1280,7 @@ async fn bench(placement: Placement) {
     let smtp = mail_servers::Aiosmtpd::start(mail_servers::SmtpMode::StartTls);
     let mail_ports = (dovecot.imaps_port, smtp.port);
 
-    let (server, to_serving) = start_server(&binary, &url, dir.path(), mail_ports, &[]).await;
+    let (server, to_serving) = start_server(&binary, &url, dir.path(), Some(mail_ports), &[]).await;
     facts.push((
         "start to SERVING (`serve` on the migrated, seeded database, first Health/Check answered SERVING)".to_owned(),
         format!("{:.0} ms", to_serving.as_secs_f64() * 1e3),
@@ -1353,7 +1363,7 @@ async fn bench(placement: Placement) {
     let restart = |settings: Vec<(&'static str, String)>| {
         let (binary, url, dir) = (&binary, &url, dir.path());
         async move {
-            let (server, _) = start_server(binary, url, dir, mail_ports, &settings).await;
+            let (server, _) = start_server(binary, url, dir, Some(mail_ports), &settings).await;
             let channels = connections(server.port).await;
             (server, channels)
         }

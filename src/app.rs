@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::domain::connection::FailurePolicy;
 use crate::domain::sealing::Keyring;
 use crate::grpc::auth::{AuthInterceptor, FollowDirectory};
+use crate::grpc::deadline::Deadline;
 use crate::grpc::drain::DrainWatches;
 use crate::grpc::gate::{Gate, Readiness};
 use crate::grpc::health_port;
@@ -284,7 +285,8 @@ impl Application {
             .layer(PolicyLayer(RpcTelemetry::new()))
             .layer(PolicyLayer(DrainWatches::new(watches_end)))
             .layer(PolicyLayer(LoadShed::new(limits.max_concurrent_calls)))
-            .layer(PolicyLayer(Gate::new(readiness)));
+            .layer(PolicyLayer(Gate::new(readiness)))
+            .layer(PolicyLayer(Deadline::new(limits.request_timeout)));
         let router = server
             .add_service(health_service)
             .add_service(reflection_v1)

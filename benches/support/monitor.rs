@@ -324,11 +324,11 @@ fn render(
         }
     };
     for ((peak, accepted, [min, p50, max]), name) in listeners.iter().zip(["IMAPS", "submission"]) {
-        writeln!(out, "- {name} listener: at most {peak} connections held at once ({} the check concurrency of {CONCURRENCY}; every accept and close is counted), {accepted} accepted, each held {min:.2} / {p50:.2} / {max:.2} s (min / median / max, accept to the client's close)", verdict(*peak)).unwrap();
+        writeln!(out, "- {name} listener: at most {peak} connections held at once ({} the check concurrency of {CONCURRENCY}, as the load client sees accepts and closes: on a busy machine it may take a new connection before it reads an earlier one's close), {accepted} accepted, each held {min:.2} / {p50:.2} / {max:.2} s (min / median / max, accept to the client's close)", verdict(*peak)).unwrap();
     }
     let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
     writeln!(out, "- server RSS, sampled every second: {} MiB at the start, {} MiB half-way, {} MiB at the end, at most {} MiB (VmHWM {} MiB); server CPU {cpu:.2} s", mib(rss[0]), mib(rss[rss.len() / 2]), mib(rss[rss.len() - 1]), mib(rss.iter().copied().max().unwrap_or(0)), mib(peak_rss_kib)).unwrap();
-    writeln!(out, "- SIGTERM to exit: {:.1} s (the round of checks in progress is finished first; at most {} claimed checks, {CONCURRENCY} at a time)", stop.as_secs_f64(), 4 * CONCURRENCY).unwrap();
+    writeln!(out, "- SIGTERM to exit: {:.1} s (a round of checks in progress, up to {} claimed, {CONCURRENCY} at a time, is finished first; how long that takes depends on where in its round the stop falls)", stop.as_secs_f64(), 4 * CONCURRENCY).unwrap();
     let per_interval: Vec<String> = interval_counts(samples)
         .iter()
         .map(ToString::to_string)

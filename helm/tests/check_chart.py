@@ -548,8 +548,8 @@ def check_defect_1(tmp: Path) -> None:
             )
     jwt_cases = [
         ("keeps the JWT secret of its own Secret", {}, secret_object(own, jwt="kept"), "`{}`", "kept"),
-        ("a JWT secret in values wins", {"secrets": {"jwtSecret": "given"}},
-         secret_object(own, jwt="kept"), "`{}`", "given"),
+        ("a JWT secret in values wins", {"secrets": {"jwtSecret": "given-" + "g" * 32}},
+         secret_object(own, jwt="kept"), "`{}`", "given-" + "g" * 32),
         ("keeps the JWT secret chart 0.1 made for this release",
          {}, "`{}`",
          secret_object({"app.kubernetes.io/instance": "mc", "helm.sh/chart": "mailconnect-0.1.0"},
@@ -598,7 +598,7 @@ def check_defect_3() -> None:
         )
         for name, values in [
             ("database URL", {"secrets": {"databaseUrl": "postgres://other@db:5432/mc"}}),
-            ("JWT secret", {"secrets": {"jwtSecret": "a-secret-of-my-own"}}),
+            ("JWT secret", {"secrets": {"jwtSecret": "a-secret-of-my-own-at-least-32-bytes"}}),
             ("encryption keys", {"secrets": {"encryptionKeys": "k1:AAAA"}}),
         ]:
             changed = pod_annotations(render(values))
@@ -1440,6 +1440,11 @@ def main() -> int:
     with group("schema"):
         expect_render_error("schema refuses an unknown log format", {"config": {"logFormat": "xml"}}, "logFormat")
         expect_render_error("schema refuses a misspelt top-level key", {"replicas": 3}, "replicas")
+        expect_render_error(
+            "schema refuses a JWT secret the server would refuse (under 32 bytes)",
+            {"secrets": {"jwtSecret": "too-short"}},
+            "jwtSecret",
+        )
         expect_render_error(
             "a database URL (or existingSecret) is required",
             {"secrets": {"databaseUrl": ""}},

@@ -1,7 +1,6 @@
 //! DomainSettingsService over gRPC: proto ⇄ domain conversion around the use cases.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -167,34 +166,12 @@ pub(super) fn probe_context<T>(request: &Request<T>) -> ProbeContext {
         .metadata()
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout);
+        .and_then(super::deadline::parse_grpc_timeout);
     ProbeContext {
         account_id: None,
         // A deadline past what the clock can hold is no deadline (the probe's own bounds apply).
         deadline: timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)),
     }
-}
-
-/// The most digits a `grpc-timeout` may have (gRPC's HTTP/2 protocol; tonic ignores longer ones).
-const GRPC_TIMEOUT_DIGITS: usize = 8;
-
-/// `grpc-timeout` is at most 8 digits followed by a unit: H, M, S, m (ms), u (µs), n (ns).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let unit = value.chars().last()?;
-    let digits = value.get(..value.len() - 1)?;
-    if digits.len() > GRPC_TIMEOUT_DIGITS {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        'H' => Duration::from_secs(amount.checked_mul(3600)?),
-        'M' => Duration::from_secs(amount.checked_mul(60)?),
-        'S' => Duration::from_secs(amount),
-        'm' => Duration::from_millis(amount),
-        'u' => Duration::from_micros(amount),
-        'n' => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 fn kind_filter(value: i32) -> Result<Option<SettingsKind>, Status> {
@@ -429,25 +406,5 @@ impl<S: DomainSettingsStore, P: Prober> DomainSettingsRpc for DomainSettingsApi<
         Ok(Response::new(proto::ProbeDomainSettingsResponse {
             reports: reports.into_iter().map(report_to_proto).collect(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("5"), None);
-        assert_eq!(
-            parse_grpc_timeout("99999999H"),
-            Some(Duration::from_secs(359_999_996_400))
-        );
-        assert_eq!(parse_grpc_timeout("18446744073709551615S"), None);
-        assert_eq!(parse_grpc_timeout("123456789n"), None);
     }
 }

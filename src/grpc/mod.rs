@@ -5,6 +5,7 @@ mod allowlist;
 pub mod auth;
 mod channel;
 mod codec;
+pub mod deadline;
 mod directory;
 mod domain_settings;
 pub mod drain;

@@ -114,7 +114,6 @@ impl ServerSettings {
         // max_connection_age with a plain close at age + grace. [`Aged`] closes instead.
         Ok(Server::builder()
             .concurrency_limit_per_connection(self.max_concurrent_calls_per_connection)
-            .timeout(self.request_timeout)
             .http2_keepalive_interval(Some(self.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(self.http2_keepalive_timeout))
             .max_connection_age(self.max_connection_age))

@@ -25,6 +25,9 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 /// Key of the Postgres advisory lock that serialises migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6d61_696c_636f_6e6e; // "mailconn"
 
+/// How long [`Database::close`] waits for the cache listener to close its connection.
+const LISTENER_STOP_BOUND: Duration = Duration::from_secs(5);
+
 /// How long a pooled connection may sit unused before it is checked with `SELECT 1` on reuse.
 const CHECK_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -185,7 +188,18 @@ impl Database {
     /// process exits (issue 16). Every clone is closed; calls after it are UNAVAILABLE.
     pub async fn close(&self) {
         if let Some(cache) = self.cache.clone() {
-            let _ = tokio::task::spawn_blocking(move || cache.stop_following()).await;
+            let stopped = tokio::task::spawn_blocking(move || cache.stop_following());
+            // The listener answers within one poll, unless libpq itself hangs (a connect or a
+            // heartbeat to a database that stopped answering): exiting beats hanging then.
+            if tokio::time::timeout(LISTENER_STOP_BOUND, stopped)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    bound = ?LISTENER_STOP_BOUND,
+                    "the cache listener did not stop in time (its database does not answer); exiting without it"
+                );
+            }
         }
         self.pool.close();
     }

@@ -230,6 +230,20 @@ async fn the_development_server_seeds_the_printed_tokens_directory() {
         .connect()
         .await
         .unwrap();
+    // The commands are printed before the database is ready (a person pasting them is slower):
+    // a client this fast waits for SERVING first, as a readiness probe would.
+    crate::harness::eventually("the development server reports SERVING", || async {
+        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await;
+        health
+            .is_ok_and(|response| {
+                response.into_inner().status()
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving
+            })
+            .then_some(())
+    })
+    .await;
     let users = mailconnect::grpc::proto::directory_service_client::DirectoryServiceClient::new(
         channel.clone(),
     )

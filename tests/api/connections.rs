@@ -656,8 +656,16 @@ async fn a_deleted_user_leaves_their_addresses_releasable(backend: Backend) {
         get_connection(&app, &team.name).await.state(),
         ConnectionState::Active
     );
-    // Ada's notification reaches her by email (the dispatcher, with a relay): her own token is refused now
-    // (identity follows the directory, README "Identity").
+    // Ada is told about her own connection (by email, the dispatcher, with a relay); her own token
+    // is refused now (identity follows the directory, README "Identity").
+    let own_id = own.name.trim_start_matches("connections/");
+    let ada_told = crate::credentials::count_rows(
+        &app,
+        &format!(
+            "SELECT COUNT(*) AS n FROM notifications WHERE recipient_user_id = {ADA} AND connection_id = {own_id}"
+        ),
+    );
+    assert_eq!(ada_told, 1);
     let refused = client(&app)
         .list_notifications(authed(
             &token(&app, ADA),

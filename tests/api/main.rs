@@ -37,6 +37,7 @@ mod probe_properties;
 mod process;
 mod races;
 mod raw_grpc;
+mod relay_faults;
 mod resources;
 mod role_matrix;
 mod secrets_scan;

@@ -11,7 +11,10 @@ use mailconnect::grpc::proto::{
     PublishRangesRequest, ReleaseAddressRequest, ResolveConnectionSettingsRequest, Team, Tier,
     UpdateInboxRequest, UpsertAccountRequest, UpsertTeamRequest, UpsertUserRequest, User,
 };
-use mailconnect::grpc::proto::{CheckAddressRequest, DeleteDomainSettingsRequest};
+use mailconnect::grpc::proto::{
+    CheckAddressRequest, CustomizeForwardingAddressRequest, DeleteDomainSettingsRequest,
+    VerifyAddressRequest,
+};
 use tonic::Code;
 
 use crate::backend_tests;
@@ -524,7 +527,13 @@ pub fn table() -> Vec<Row> {
         row(
             "/mailconnect.v1.InboxConnectionService/CustomizeForwardingAddress",
             User,
-            missing_connection,
+            |_| {
+                encode(CustomizeForwardingAddressRequest {
+                    name: format!("connections/{MISSING}"),
+                    local_part: "support".into(),
+                    etag: String::new(),
+                })
+            },
             Code::NotFound,
         ),
         row(
@@ -536,7 +545,12 @@ pub fn table() -> Vec<Row> {
         row(
             "/mailconnect.v1.InboxConnectionService/VerifyAddress",
             User,
-            missing_connection,
+            |_| {
+                encode(VerifyAddressRequest {
+                    name: format!("connections/{MISSING}"),
+                    code: "123456".into(),
+                })
+            },
             Code::NotFound,
         ),
         row(
