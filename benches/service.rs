@@ -30,10 +30,11 @@ use mailconnect::grpc::proto::allowlist_service_client::AllowlistServiceClient;
 use mailconnect::grpc::proto::domain_settings_service_client::DomainSettingsServiceClient;
 use mailconnect::grpc::proto::inbox_connection_service_client::InboxConnectionServiceClient;
 use mailconnect::grpc::proto::{
-    CheckAddressRequest, CreateDomainSettingsRequest, DomainSettings, GetAllowlistRequest,
-    GetConnectionRequest, GetDomainSettingsRequest, ImapSettings, ListConnectionsRequest,
-    ListDomainSettingsRequest, Protocol, PublishRangesRequest, ResolveConnectionSettingsRequest,
-    Security, ServerAddress, domain_settings::Settings,
+    CheckAddressRequest, CompleteSetupRequest, ConnectTeamEmailRequest,
+    CreateDomainSettingsRequest, DomainSettings, GetAllowlistRequest, GetConnectionRequest,
+    GetDomainSettingsRequest, ImapSettings, ListConnectionsRequest, ListDomainSettingsRequest,
+    Protocol, Provider, PublishRangesRequest, ResolveConnectionSettingsRequest,
+    RouteInboundEmailRequest, Security, ServerAddress, domain_settings::Settings,
 };
 use mailconnect::tokens::TokenKeys;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -44,6 +45,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
+#[path = "support/inbound_message.rs"]
+mod inbound_message;
 #[path = "support/monitor.rs"]
 mod monitor;
 #[path = "support/ranges.rs"]
@@ -105,11 +108,12 @@ enum Workload {
     GetAllowlist,
     GetConnection,
     ListConnections,
+    RouteInbound,
     CreateWithProbe,
 }
 
 impl Workload {
-    const ALL: [Workload; 11] = [
+    const ALL: [Workload; 12] = [
         Workload::HealthCheck,
         Workload::ResolvePreset,
         Workload::ResolveBuiltin,
@@ -120,6 +124,7 @@ impl Workload {
         Workload::GetAllowlist,
         Workload::GetConnection,
         Workload::ListConnections,
+        Workload::RouteInbound,
         Workload::CreateWithProbe,
     ];
 
@@ -135,6 +140,7 @@ impl Workload {
             Workload::GetAllowlist => "GetAllowlist",
             Workload::GetConnection => "GetConnection",
             Workload::ListConnections => "ListConnections (page of 50)",
+            Workload::RouteInbound => "RouteInboundEmail (20 KiB manual forward)",
             Workload::CreateWithProbe => "CreateDomainSettings + probe (Dovecot, aiosmtpd)",
         }
     }
@@ -152,6 +158,7 @@ impl Workload {
             Workload::GetAllowlist => "get-allowlist",
             Workload::GetConnection => "get-connection",
             Workload::ListConnections => "list-connections",
+            Workload::RouteInbound => "route-inbound",
             Workload::CreateWithProbe => "create-probe",
         }
     }
@@ -163,6 +170,11 @@ struct Context {
     admins: Vec<MetadataValue<Ascii>>,
     probe_addresses: Vec<String>,
     mail_ports: (u16, u16),
+    /// The platform's token (the mail ingress calls RouteInboundEmail with it).
+    platform: MetadataValue<Ascii>,
+    /// The forwarding addresses of the LIVE hosted channels, and the message sent to them.
+    forwarding: Vec<String>,
+    inbound_message: Vec<u8>,
     /// Makes every created domain new, across measurements.
     created: AtomicU64,
 }
@@ -299,6 +311,24 @@ impl Context {
                 if page.connections.len() != 50 || page.next_page_token.is_empty() {
                     return Err(Status::data_loss(
                         "a page of 50 and a next page were expected",
+                    ));
+                }
+            }
+            Workload::RouteInbound => {
+                let target = &self.forwarding[seq as usize % self.forwarding.len()];
+                let routed = InboxConnectionServiceClient::new(channel)
+                    .route_inbound_email(Self::authed(
+                        &self.platform,
+                        RouteInboundEmailRequest {
+                            envelope_recipients: vec![target.clone()],
+                            raw_message: self.inbound_message.clone(),
+                        },
+                    ))
+                    .await?
+                    .into_inner();
+                if routed.connection.is_empty() || routed.original_sender.is_none() {
+                    return Err(Status::data_loss(
+                        "a routed, attributed message was expected",
                     ));
                 }
             }
@@ -695,6 +725,49 @@ fn seed_inbox_connections(sql: &mut String, now: i64) {
     }
 }
 
+/// Accounts with a LIVE hosted channel for RouteInboundEmail.
+const HOSTED_ACCOUNTS: i64 = 16;
+/// The server's hosted domain (`MAILCONNECT_HOSTED_DOMAIN`); no mail leaves the machine.
+const HOSTED_DOMAIN: &str = "hosted.bench.invalid";
+
+/// Connects a hosted team address in the first inbox of each of `HOSTED_ACCOUNTS` accounts and
+/// completes its setup, as an admin would; returns the forwarding addresses.
+async fn setup_hosted_channels(channel: Channel, admins: &[MetadataValue<Ascii>]) -> Vec<String> {
+    let mut client = InboxConnectionServiceClient::new(channel);
+    let mut forwarding = Vec::new();
+    for account in 1..=HOSTED_ACCOUNTS {
+        let admin = &admins[account as usize - 1];
+        let connection = client
+            .connect_team_email(Context::authed(
+                admin,
+                ConnectTeamEmailRequest {
+                    email_address: format!("hosted-team@acct{account}.example"),
+                    provider: Provider::Hosted.into(),
+                    inbox: format!("inboxes/{}", inbox_id(account, 0)),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("ConnectTeamEmail with PROVIDER_HOSTED")
+            .into_inner()
+            .connection
+            .expect("a connection");
+        client
+            .complete_setup(Context::authed(
+                admin,
+                CompleteSetupRequest {
+                    name: connection.name.clone(),
+                    etag: String::new(),
+                },
+            ))
+            .await
+            .expect("CompleteSetup");
+        let settings = connection.channel_settings.expect("channel settings");
+        forwarding.push(settings.forwarding_address);
+    }
+    forwarding
+}
+
 fn inbox_id(account: i64, k: i64) -> i64 {
     account * 10 + k
 }
@@ -801,6 +874,7 @@ fn server_command(binary: &Path, database_url: &str, dir: &Path) -> Command {
         .env("MAILCONNECT_DATABASE_URL", database_url)
         .env("MAILCONNECT_DATA_DIR", dir)
         .env("MAILCONNECT_JWT_SECRET", JWT_SECRET)
+        .env("MAILCONNECT_HOSTED_DOMAIN", HOSTED_DOMAIN)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
@@ -1293,21 +1367,26 @@ async fn bench(placement: Placement) {
 
     let keys = TokenKeys::new(Some(&JWT_SECRET.parse::<Secret>().unwrap()), &[]).unwrap();
     let platform = mint(&keys, None, None, vec![Role::Platform]);
+    let admins: Vec<_> = (1..=ACCOUNTS)
+        .map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin]))
+        .collect();
+    let channels = connections(server.port).await;
+    let forwarding = setup_hosted_channels(channels[0].clone(), &admins).await;
     let context = Arc::new(Context {
         users: (1..=ACCOUNTS)
             .map(|a| mint(&keys, Some(a), Some(user_of(a)), vec![]))
             .collect(),
-        admins: (1..=ACCOUNTS)
-            .map(|a| mint(&keys, Some(a), Some(7), vec![Role::SuperAdmin]))
-            .collect(),
+        admins,
         probe_addresses: ranges::probe_addresses(1024)
             .iter()
             .map(ToString::to_string)
             .collect(),
         mail_ports,
+        platform: platform.clone(),
+        forwarding,
+        inbound_message: inbound_message::forwarded_message(),
         created: AtomicU64::new(0),
     });
-    let channels = connections(server.port).await;
     let published = publish_extra_ranges(channels[0].clone(), &platform).await;
     facts.push((
         format!(
