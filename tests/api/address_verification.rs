@@ -25,7 +25,7 @@ use crate::hosted_channels::{
 use crate::inbox_world::{ACCOUNT, ADMIN, client, token};
 use crate::mail_servers::{Aiosmtpd, free_port};
 
-fn manual_clock() -> Arc<ManualClock> {
+pub fn manual_clock() -> Arc<ManualClock> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()

@@ -434,10 +434,47 @@ async fn round_robin_is_fair_across_replicas(backend: Backend) {
     assert_eq!(next, members[(at + 1) % 3], "the rotation advanced once");
 }
 
+/// A LIVE channel shows when mail last arrived to the minute: a busy channel writes it once a
+/// minute, not once a message.
+async fn the_last_arrival_is_kept_to_the_minute(backend: Backend) {
+    let clock = crate::address_verification::manual_clock();
+    let app =
+        crate::hosted_channels::hosted_world_on(backend, Tier::Professional, clock.clone(), |_| {})
+            .await;
+    let (live, address) = live_channel(
+        &app,
+        Routing {
+            mode: RoutingMode::Unassigned.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let arrival = || async {
+        let stored = get_connection(&app, &live.name).await;
+        channel(&stored).last_inbound_time
+    };
+    route(&app, &address, &customer("m1@customer.example"))
+        .await
+        .unwrap();
+    let first = arrival().await.expect("the first arrival is recorded");
+    clock.advance(std::time::Duration::from_secs(59));
+    route(&app, &address, &customer("m2@customer.example"))
+        .await
+        .unwrap();
+    assert_eq!(arrival().await, Some(first.clone()), "within the minute");
+    clock.advance(std::time::Duration::from_secs(1));
+    route(&app, &address, &customer("m3@customer.example"))
+        .await
+        .unwrap();
+    let later = arrival().await.unwrap();
+    assert_eq!(later.seconds, first.seconds + 60, "a minute later");
+}
+
 backend_tests!(
     a_setup_channel_keeps_the_forwarding_confirmation,
     mail_routes_by_forwarding_address_only,
     routed_mail_is_attributed_assigned_and_ticketed,
     bad_messages_and_the_size_limit_get_clear_statuses,
     round_robin_is_fair_across_replicas,
+    the_last_arrival_is_kept_to_the_minute,
 );

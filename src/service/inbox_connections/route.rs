@@ -23,6 +23,9 @@ const MAX_RECIPIENTS: usize = 100;
 /// How long a Message-ID keeps its round-robin user (redeliveries come within days).
 const PICK_MEMORY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Message-ID prefixes of the service's own mail (the dispatcher's and verification's).
+/// How fresh a LIVE channel's `last_inbound_time` is kept: a busy channel writes it once a
+/// minute rather than once a message (each write takes the connection's row for a moment).
+const INBOUND_TIME_RESOLUTION: Duration = Duration::from_secs(60);
 const OWN_ID_PREFIXES: &[&str] = &["notification-", VERIFICATION_ID_PREFIX];
 
 /// Who a conversation is assigned to.
@@ -127,9 +130,15 @@ where
                 &connection,
             ));
         }
-        self.store
-            .record_inbound(connection.account_id, connection.id, now, None)
-            .await?;
+        let recorded_lately = channel.last_inbound_time.is_some_and(|last| {
+            now.duration_since(last)
+                .is_ok_and(|age| age < INBOUND_TIME_RESOLUTION)
+        });
+        if !recorded_lately {
+            self.store
+                .record_inbound(connection.account_id, connection.id, now, None)
+                .await?;
+        }
         let conversation = analysis.kind == MessageKind::Conversation;
         let assignment = match conversation {
             true => {
