@@ -461,7 +461,7 @@ async fn the_last_arrival_is_kept_to_the_minute(backend: Backend) {
     route(&app, &address, &customer("m2@customer.example"))
         .await
         .unwrap();
-    assert_eq!(arrival().await, Some(first.clone()), "within the minute");
+    assert_eq!(arrival().await, Some(first), "within the minute");
     clock.advance(std::time::Duration::from_secs(1));
     route(&app, &address, &customer("m3@customer.example"))
         .await
