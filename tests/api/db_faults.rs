@@ -91,7 +91,7 @@ async fn calls(app: &TestApp, round: &str) -> Vec<(String, Result<(), tonic::Sta
 /// internals in its message: UNAVAILABLE (retry), or its deadline passed: DEADLINE_EXCEEDED from
 /// the server, or the tonic client's own timer (which it reports as CANCELLED "Timeout expired",
 /// its source `TimeoutExpired`; the server's answer races it).
-fn acceptable(status: &tonic::Status) -> bool {
+pub fn acceptable(status: &tonic::Status) -> bool {
     let internals = [
         "diesel",
         "libpq",

@@ -8,6 +8,7 @@ mod connection_monitor;
 mod connections;
 mod credentials;
 mod db_faults;
+mod db_restart;
 mod directory;
 mod domain_settings;
 mod fault_proxy;
