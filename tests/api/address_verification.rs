@@ -49,7 +49,7 @@ async fn world(backend: Backend, tier: Tier) -> (TestApp, Aiosmtpd, Arc<ManualCl
 }
 
 /// A hosted channel with `address` as its custom from address, not verified yet.
-async fn with_custom(app: &TestApp, address: &str) -> Connection {
+pub async fn with_custom(app: &TestApp, address: &str) -> Connection {
     let hosted = connect_hosted(app, "support@acme.example", None)
         .await
         .unwrap();
@@ -64,7 +64,7 @@ async fn with_custom(app: &TestApp, address: &str) -> Connection {
     .unwrap()
 }
 
-async fn start(app: &TestApp, name: &str) -> Result<StartAddressVerificationResponse, Status> {
+pub async fn start(app: &TestApp, name: &str) -> Result<StartAddressVerificationResponse, Status> {
     client(app)
         .start_address_verification(authed(
             &token(app, ADMIN),
@@ -74,7 +74,7 @@ async fn start(app: &TestApp, name: &str) -> Result<StartAddressVerificationResp
         .map(|r| r.into_inner())
 }
 
-async fn verify(app: &TestApp, name: &str, code: &str) -> Result<Connection, Status> {
+pub async fn verify(app: &TestApp, name: &str, code: &str) -> Result<Connection, Status> {
     client(app)
         .verify_address(authed(
             &token(app, ADMIN),
@@ -88,7 +88,7 @@ async fn verify(app: &TestApp, name: &str, code: &str) -> Result<Connection, Sta
 }
 
 /// The code of the `n`th message the sink received (1-based), and that message.
-async fn code_in(sink: &Aiosmtpd, n: usize) -> (String, String) {
+pub async fn code_in(sink: &Aiosmtpd, n: usize) -> (String, String) {
     let message = eventually("the verification email reaches the relay", || async {
         sink.messages().get(n - 1).cloned()
     })
