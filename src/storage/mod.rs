@@ -70,7 +70,7 @@ impl From<DieselError> for StoreError {
 
 pub use crate::domain::time::{from_micros, to_micros};
 
-/// The Postgres advisory lock that [`exclusive`] transactions take turns on ("mailconnect").
+/// The Postgres advisory lock that [`exclusive`] transactions take turns on.
 const EXCLUSIVE_LOCK: i64 = 0x6d61_696c_7772_6974; // "mailwrit"; migrations hold "mailconn"
 
 /// Runs `work` in a transaction that holds the write lock from its start, so that read-then-write
